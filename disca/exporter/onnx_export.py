@@ -1,0 +1,192 @@
+"""Export the DiT and its cache predictor to a bundle of two ONNX graphs.
+
+Each graph is exported with the dynamo exporter from its declaration in
+`disca.spec` (names, dynamic axes, ranges), then validated on ONNX Runtime CPU
+against PyTorch at the export shape and at a second shape (which proves the
+axes really are dynamic). The bundle is written to a temporary directory and
+renamed into place, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import disca
+from disca._atomic import atomic_directory
+from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry
+from disca.errors import ShapeError
+from disca.exporter.validate import check_graph
+from disca.models import ModelConfig, num_params, save_checkpoint
+from disca.models.graphs import FullGraph, PredictorGraph
+from disca.runtime.schedule import DEFAULT_SCHEDULE
+from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, graph_specs
+
+OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14); 20: decomposed
+FP32_REL_L2 = 1e-4
+
+
+
+def export_shapes(ranges: ShapeRanges) -> tuple[dict, dict]:
+    """The example shape to trace at and a second shape, different on every axis the ranges allow."""
+    first = {d: getattr(ranges, d)[1] for d in DIMS}
+    lo, _, hi = ranges.batch
+    first["batch"] = min(max(2, lo), hi)  # dynamo specialises a batch of 1
+    second = {}
+    for d in DIMS:
+        lo, _, hi = getattr(ranges, d)
+        second[d] = lo if first[d] != lo else hi
+    return first, second
+
+
+def _dynamic_shapes(spec: GraphSpec, ranges: ShapeRanges, patch) -> dict:
+    from torch.export import Dim
+
+    dims = {"batch": Dim("batch", min=ranges.batch[0], max=ranges.batch[2])}
+    dims["text_len"] = Dim("text_len", min=ranges.text_len[0], max=ranges.text_len[2])
+    for name, p in zip(("frames", "height", "width"), patch):
+        lo, _, hi = getattr(ranges, name)
+        # A dim that must be a multiple of the patch is declared as p * (a free dim), so export can prove it.
+        dims[name] = Dim(name, min=lo, max=hi) if p == 1 else p * Dim(f"{name}_patches", min=lo // p, max=hi // p)
+    dims["tokens"] = Dim.AUTO  # a function of the others: let export derive it
+    return {t.name: {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs}
+
+
+def _name_dims(onnx_path: Path, spec: GraphSpec) -> None:
+    """Give the graph's inputs/outputs the declared dim names (the exporter writes expressions like 2*h)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    declared = {t.name: t.shape for t in spec.inputs + spec.outputs}
+    for value in list(model.graph.input) + list(model.graph.output):
+        for dim, want in zip(value.type.tensor_type.shape.dim, declared[value.name]):
+            if isinstance(want, str):
+                dim.dim_param = want
+    onnx.save(model, str(onnx_path))  # external data stays where it is
+
+
+def export_graph(module, spec: GraphSpec, ranges: ShapeRanges, patch, opset: int, path: Path, verbose: bool) -> None:
+    feeds = dummy_inputs(spec, export_shapes(ranges)[0], patch)
+    args = tuple(torch.from_numpy(v) for v in feeds.values())
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
+    with quiet, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=_dynamic_shapes(spec, ranges, patch),
+            external_data=True,
+            verbose=verbose,
+        )
+    _name_dims(path, spec)
+
+
+def export_bundle(
+    cfg: ModelConfig,
+    dit,
+    predictor,
+    out,
+    *,
+    opset: int = 23,
+    ranges: ShapeRanges | None = None,
+    schedule: Schedule = DEFAULT_SCHEDULE,
+    weights_note: str = "",
+    include_weights: bool = True,
+    verbose: bool = False,
+    log=lambda msg: None,
+) -> Path:
+    """Export, validate and write a bundle to `out`. -> the bundle path."""
+    import onnx
+    import onnxruntime as ort
+
+    if opset not in OPSETS:
+        raise ShapeError(f"opset {opset} is not supported; choose one of {OPSETS}")
+    ranges = ranges or ShapeRanges()
+    patch = tuple(cfg.dit.patch_size)
+    ranges.validate(patch)
+    specs = graph_specs(cfg.dit.in_channels, cfg.dit.text_dim, cfg.dit.hidden_size)
+    dit, predictor = dit.eval(), predictor.eval()
+    modules = {"full": FullGraph(dit), "predictor": PredictorGraph(dit, predictor)}
+    shapes = export_shapes(ranges)
+
+    with atomic_directory(out) as tmp:
+        graphs = {}
+        for name, spec in specs.items():
+            path = tmp / f"{name}.onnx"
+            t0 = time.perf_counter()
+            log(f"exporting {name} graph (opset {opset})...")
+            export_graph(modules[name], spec, ranges, patch, opset, path, verbose)
+            export_s = time.perf_counter() - t0
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            parity = []
+            for i, dims in enumerate(shapes):
+                feeds = dummy_inputs(spec, dims, patch, seed=i)
+                if name == "predictor":  # a real cache, as the runtime would pass it
+                    with torch.no_grad():
+                        full_args = [torch.from_numpy(feeds[k]) for k in ("latent", "t", "r", "text")]
+                        feeds["hidden"] = modules["full"](*full_args)[1].numpy()
+                parity += check_graph(name, session, modules[name], feeds, [o.name for o in spec.outputs], FP32_REL_L2)
+            worst = max(p.rel_l2 for p in parity)
+            log(f"  {name}: exported in {export_s:.1f}s, ORT parity at 2 shapes: max rel L2 {worst:.2e}")
+            graphs[name] = {
+                "spec": spec.to_dict(),
+                "variants": {
+                    "fp32": {
+                        "file": path.name,
+                        "opset": opset,
+                        "produced_by": "torch.onnx.export(dynamo=True)",
+                        "validation": {
+                            "reference": "PyTorch fp32",
+                            "rel_l2_tolerance": FP32_REL_L2,
+                            "shapes": shapes,
+                            "results": [p.to_dict() for p in parity],
+                        },
+                    }
+                },
+            }
+        if include_weights:
+            save_checkpoint(tmp / "weights", cfg, dit, predictor)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": cfg.to_dict(),
+            "params": {"dit": num_params(dit), "predictor": num_params(predictor)},
+            "weights": {"source": weights_note, "dir": "weights" if include_weights else None},
+            "ranges": ranges.to_dict(),
+            "graphs": graphs,
+            "schedule": schedule.to_dict(),
+            "files": {f: file_entry(tmp, f) for f in files},
+            "versions": {
+                "disca": disca.__version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+            },
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    return Path(out)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o))

@@ -1,0 +1,111 @@
+"""Model configs: plain dataclasses with named presets.
+
+Configs are stored as JSON next to the weights (see checkpoint.py) and inside
+every exported bundle's manifest, so they must stay plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from disca.errors import ConfigError
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int = 3  # latent channels (3 for the pixel-space demo, 16 for a VAE latent)
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (frames, rows, cols) per token
+    hidden_size: int = 256  # width H of every token
+    depth: int = 12  # number of transformer blocks in the trunk
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 64  # width Dt of the text-token embeddings fed to the model
+    rope_axes: tuple[int, int, int] | None = None  # head-dim split over (frame, row, col); None = auto
+    rope_theta: float = 256.0
+    mean_flow: bool = True  # second timestep embedder for r (False = ordinary flow-matching teacher)
+    time_combine: str = "mean"  # how emb_t and emb_r combine: "mean" (HunyuanVideo-1.0) or "sum" (1.5)
+    freq_dim: int = 256  # sinusoidal timestep features before the embedder MLP
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(self.patch_size)
+        if self.rope_axes is not None:
+            self.rope_axes = tuple(self.rope_axes)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        axes = self.resolved_rope_axes
+        if sum(axes) != self.head_dim or any(a % 2 for a in axes):
+            raise ConfigError(f"rope_axes {axes} must be even and sum to head_dim {self.head_dim}")
+        if self.time_combine not in ("mean", "sum"):
+            raise ConfigError(f"time_combine must be 'mean' or 'sum', got {self.time_combine!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def resolved_rope_axes(self) -> tuple[int, int, int]:
+        if self.rope_axes is not None:
+            return self.rope_axes
+        # Rows and columns get equal shares, frames the rest (as HunyuanVideo's 16/56/56 split).
+        hw = (self.head_dim * 3 // 8) // 2 * 2
+        return (self.head_dim - 2 * hw, hw, hw)
+
+    @property
+    def patch_volume(self) -> int:
+        pf, ph, pw = self.patch_size
+        return pf * ph * pw
+
+
+@dataclass
+class PredictorConfig:
+    depth: int = 2  # blocks of the DiT's own type after the fusion MLP (2 in DisCa)
+
+
+@dataclass
+class ModelConfig:
+    """A DisCa model: the DiT and its cache predictor."""
+
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        try:
+            return cls(dit=_build(DiTConfig, data["dit"]), predictor=_build(PredictorConfig, data["predictor"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"invalid model config: {e}") from None
+
+
+def _build(cls, data: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**data)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # For tests: exports in seconds, runs in milliseconds.
+    "tiny": ModelConfig(
+        DiTConfig(patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=2, text_dim=16),
+        PredictorConfig(depth=1),
+    ),
+    # The shipped demo model: 8x32x32 RGB clips in pixel space, CPU-trainable.
+    # Deep and narrow so that the 2-block predictor stays under 5% of the DiT,
+    # as it does on the paper's 60-block HunyuanVideo.
+    "demo": ModelConfig(
+        DiTConfig(patch_size=(1, 4, 4), hidden_size=64, depth=48, num_heads=4, text_dim=32),
+        PredictorConfig(depth=2),
+    ),
+}
+
+DEFAULT_PRESET = "demo"
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return ModelConfig.from_dict(PRESETS[name].to_dict())  # a copy the caller may change

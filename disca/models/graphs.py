@@ -1,0 +1,38 @@
+"""The two DisCa graphs as modules: what gets exported, and what the torch backend runs.
+
+    FullGraph:      (latent, t, r, text)         -> velocity, hidden   (anchor step)
+    PredictorGraph: (latent, t, r, text, hidden) -> velocity           (cached step)
+
+The predictor graph carries the DiT's embedders and head around the predictor,
+so a cached step is one call.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from disca.models.dit import VideoDiT
+from disca.models.predictor import CachePredictor
+
+
+class FullGraph(nn.Module):
+    def __init__(self, dit: VideoDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, t, r, text):
+        tokens, vec, rope = self.dit.embed(latent, t, r, text)
+        hidden = self.dit.trunk(tokens, vec, rope)  # (B, N, H): the cache
+        return self.dit.head(hidden, vec, self.dit.grid(latent)), hidden
+
+
+class PredictorGraph(nn.Module):
+    def __init__(self, dit: VideoDiT, predictor: CachePredictor):
+        super().__init__()
+        self.dit = dit
+        self.predictor = predictor
+
+    def forward(self, latent, t, r, text, hidden):
+        tokens, vec, rope = self.dit.embed(latent, t, r, text)
+        predicted = self.predictor(tokens, hidden, vec, rope)  # (B, N, H)
+        return self.dit.head(predicted, vec, self.dit.grid(latent))

@@ -1,0 +1,48 @@
+"""The DisCa cache predictor.
+
+On a cached (non-anchor) step it forecasts the DiT's final hidden state from
+the hidden state cached at the last anchor step and the current step's cheap
+token embedding; the DiT's own head then turns the forecast into the velocity.
+Structure as in the official DisCa code: a fusion MLP on the channel concat
+(2H -> H, SiLU, H -> H), then a few blocks of the DiT's own type, modulated by
+the current step's `vec` (time reaches the predictor only through `vec`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from disca.models.config import DiTConfig, PredictorConfig
+from disca.models.dit import Block, Rope
+
+
+class CachePredictor(nn.Module):
+    """Inputs: tokens (B, N, H) of the current step, cached (B, N, H), vec (B, H), rope.
+
+    Output: the predicted hidden state (B, N, H).
+    """
+
+    def __init__(self, dit: DiTConfig, cfg: PredictorConfig):
+        super().__init__()
+        H = dit.hidden_size
+        self.fusion = nn.Sequential(nn.Linear(2 * H, H), nn.SiLU(), nn.Linear(H, H))
+        self.blocks = nn.ModuleList(Block(dit) for _ in range(cfg.depth))
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        # Xavier for every linear map, as in the DiT.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        # adaLN-Zero: the blocks start as the identity, so the untrained predictor is the fusion MLP.
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation.weight)
+            nn.init.zeros_(block.modulation.bias)
+
+    def forward(self, tokens: torch.Tensor, cached: torch.Tensor, vec: torch.Tensor, rope: Rope) -> torch.Tensor:
+        x = self.fusion(torch.cat([tokens, cached], dim=-1))  # (B, N, 2H) -> (B, N, H)
+        for block in self.blocks:
+            x = block(x, vec, rope)
+        return x

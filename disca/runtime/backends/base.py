@@ -1,0 +1,87 @@
+"""The backend interface the sampler drives (Polygraphy-style: activate / infer / deactivate).
+
+A backend runs the bundle's two graphs:
+    full(latent, t, r, text)           -> (velocity, cache)   anchor step
+    predict(latent, t, r, text, cache) -> velocity            cached step
+Arrays are the backend's own (numpy, torch tensors, ...): the sampler only adds
+and scales them, so latents and the cache can stay on the device between steps.
+The cache is opaque to the sampler: it is written by `full` and read in place by
+`predict`, never copied to the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disca.errors import DiscaError
+
+
+class Backend:
+    name = "base"
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self.active = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def activate(self) -> Backend:
+        if not self.active:
+            self._activate_impl()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate_impl()
+            self.active = False
+
+    def __enter__(self) -> Backend:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # ---------------------------------------------------------------- graphs
+
+    def full(self, latent, t, r, text):
+        self._require_active()
+        return self._full_impl(latent, t, r, text)
+
+    def predict(self, latent, t, r, text, cache):
+        self._require_active()
+        if cache is None:
+            raise DiscaError("predict() needs a cache: run full() first (step 0 must be an anchor)")
+        return self._predict_impl(latent, t, r, text, cache)
+
+    def _require_active(self) -> None:
+        if not self.active:
+            raise DiscaError(f"the {self.name} backend is not active: use it as a context manager or call activate()")
+
+    # ---------------------------------------------------------------- arrays (numpy defaults)
+
+    def asarray(self, a: np.ndarray):
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def isfinite(self, x) -> bool:
+        return bool(np.isfinite(self.to_numpy(x)).all())
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (so timings are real)."""
+
+    # ---------------------------------------------------------------- to implement
+
+    def _activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate_impl(self) -> None:
+        pass
+
+    def _full_impl(self, latent, t, r, text):
+        raise NotImplementedError
+
+    def _predict_impl(self, latent, t, r, text, cache):
+        raise NotImplementedError

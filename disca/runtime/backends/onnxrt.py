@@ -1,0 +1,87 @@
+"""ONNX Runtime backend: needs only numpy + onnxruntime (no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disca.errors import BackendUnavailable, DiscaError
+from disca.runtime.backends.base import Backend
+
+# Where each execution provider keeps its tensors (for I/O binding).
+_DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs the two ONNX graphs with ONNX Runtime.
+
+    The cache (`hidden`) is bound as an output OrtValue on the provider's device
+    by the full graph, and bound as an input OrtValue of the predictor graph:
+    it never leaves the device between steps.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle, providers=("cpu",), threads: int | None = None, precision: str = "fp32"):
+        super().__init__(bundle)
+        self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
+        self.threads = threads
+        self.precision = precision
+
+    def _activate_impl(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from None
+        available = ort.get_available_providers()
+        for p in self.providers:
+            if p not in available:
+                raise BackendUnavailable(
+                    f"ONNX Runtime provider {p} is not available here (available: {', '.join(available)}); "
+                    "for CUDA/TensorRT install onnxruntime-gpu"
+                )
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        self.sessions = {}
+        for graph in ("full", "predictor"):
+            path = self.bundle.graph_path(graph, self.precision)
+            try:
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+            except Exception as e:  # ORT raises its own exception types for unreadable models
+                raise DiscaError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+            # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: fail loudly instead.
+            if session.get_providers()[0] != self.providers[0]:
+                raise BackendUnavailable(
+                    f"ONNX Runtime could not start {self.providers[0]} (active: {', '.join(session.get_providers())})"
+                )
+            self.sessions[graph] = session
+        self.device = _DEVICE.get(self.providers[0], "cpu")
+        self._out = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+
+    def _deactivate_impl(self) -> None:
+        self.sessions = {}
+
+    def _run(self, graph: str, feeds: dict, cache=None):
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        if cache is not None:
+            binding.bind_ortvalue_input("hidden", cache)
+        for name in self._out[graph]:
+            binding.bind_output(name, self.device)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def _full_impl(self, latent, t, r, text):
+        velocity, hidden = self._run("full", {"latent": latent, "t": t, "r": r, "text": text})
+        return velocity.numpy(), hidden  # the cache stays an OrtValue on the device
+
+    def _predict_impl(self, latent, t, r, text, cache):
+        (velocity,) = self._run("predictor", {"latent": latent, "t": t, "r": r, "text": text}, cache=cache)
+        return velocity.numpy()
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)

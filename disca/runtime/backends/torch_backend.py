@@ -1,0 +1,58 @@
+"""PyTorch eager backend: the reference. Runs the bundle's weights (needs the `torch` extra)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disca.errors import BackendUnavailable, BundleError
+from disca.runtime.backends.base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, bundle, device: str = "cpu"):
+        super().__init__(bundle)
+        self.device = device
+
+    def _activate_impl(self) -> None:
+        try:
+            import torch
+
+            from disca.models import load_checkpoint
+            from disca.models.graphs import FullGraph, PredictorGraph
+        except ImportError:
+            raise BackendUnavailable("the torch backend needs PyTorch: pip install 'disca[torch]'") from None
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"device {self.device} requested but CUDA is not available here")
+        weights = self.bundle.weights_dir
+        if weights is None:
+            raise BundleError(f"bundle {self.bundle.path} has no PyTorch weights (exported with --no-weights)")
+        _, dit, predictor = load_checkpoint(weights)
+        self.torch = torch
+        self.full_graph = FullGraph(dit).to(self.device)
+        self.predictor_graph = PredictorGraph(dit, predictor).to(self.device)
+
+    def _deactivate_impl(self) -> None:
+        self.full_graph = self.predictor_graph = None
+
+    def _full_impl(self, latent, t, r, text):
+        with self.torch.inference_mode():
+            return self.full_graph(latent, t, r, text)
+
+    def _predict_impl(self, latent, t, r, text, cache):
+        with self.torch.inference_mode():
+            return self.predictor_graph(latent, t, r, text, cache)
+
+    def asarray(self, a: np.ndarray):
+        return self.torch.from_numpy(np.array(a, dtype=np.float32)).to(self.device)  # a copy: inputs may be read-only views
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def isfinite(self, x) -> bool:
+        return bool(self.torch.isfinite(x).all())
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize()

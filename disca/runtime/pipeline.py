@@ -1,0 +1,125 @@
+"""The public Python API: load a bundle on a backend, then generate or denoise.
+
+    from disca.runtime import Pipeline
+
+    with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
+        result = pipe.generate("a red circle moving left", seed=0)
+        result.video      # (B, C, F, H, W) float32 latent (RGB in [-1, 1] for pixel-space models)
+        result.stats      # RunStats: full / predictor calls, ms per call, overhead
+
+        # your own text encoder and VAE around disca's denoising loop:
+        latent, stats = pipe.denoise(noise, text_embeddings, steps=20, anchors=[0, 1, 2, 5, 9, 13, 17, 19])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from disca.bundle import Bundle
+from disca.errors import ShapeError
+from disca.runtime.backends import Backend, get_backend
+from disca.runtime.sampler import RunStats, denoise
+from disca.runtime.schedule import DiscaPolicy, FullPolicy, Policy, check_anchors
+from disca.runtime.text import hash_embed
+
+
+@dataclass
+class Result:
+    video: np.ndarray  # (B, C, F, H, W) final latent
+    stats: RunStats
+    anchors: list[int] | None  # None for an all-full run
+
+
+class Pipeline:
+    def __init__(self, bundle: Bundle, backend: Backend):
+        self.bundle = bundle
+        self.backend = backend
+
+    @classmethod
+    def load(cls, path, backend: str = "onnxruntime", verify: bool = False, **backend_options) -> Pipeline:
+        """Open a bundle and activate a backend on it (`verify` checks every file's sha256)."""
+        bundle = Bundle.open(path, verify=verify)
+        return cls(bundle, get_backend(backend, bundle, **backend_options).activate())
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- text
+
+    def embed_prompt(self, prompt: str) -> np.ndarray:
+        """-> (L, Dt) text-token embeddings for a prompt."""
+        return hash_embed(prompt, self.bundle.text_dim)
+
+    # ---------------------------------------------------------------- sampling
+
+    def _policy(self, steps: int, anchors) -> Policy:
+        if anchors == "full":
+            return FullPolicy()
+        if anchors is None:
+            default = self.bundle.schedule
+            if steps != default.steps:
+                raise ShapeError(
+                    f"the bundle's default anchors {default.anchors} are for {default.steps} steps, "
+                    f"not {steps}: pass a schedule for {steps} steps"
+                )
+            anchors = default.anchors
+        return DiscaPolicy(check_anchors(anchors, steps))
+
+    def denoise(
+        self, latent: np.ndarray, text: np.ndarray, *, steps=None, shift=None, anchors=None, on_step=None
+    ) -> tuple[np.ndarray, RunStats]:
+        """Denoise your own initial latent (B, C, F, H, W) with your text embeddings (B, L, Dt).
+
+        anchors: list of anchor steps, "full" for every step full, None for the bundle's default.
+        """
+        steps = steps or self.bundle.schedule.steps
+        shift = shift or self.bundle.schedule.shift
+        policy = self._policy(steps, anchors)
+        latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
+        self._check_shapes(latent, text)
+        return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=policy, on_step=on_step)
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        text_embeddings: np.ndarray | None = None,
+        steps: int | None = None,
+        shift: float | None = None,
+        anchors=None,
+        seed: int = 0,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        batch: int = 1,
+        on_step=None,
+    ) -> Result:
+        """Generate from a prompt (or precomputed (L, Dt) / (B, L, Dt) embeddings), from seeded noise."""
+        if (prompt is None) == (text_embeddings is None):
+            raise ShapeError("give exactly one of a prompt or text embeddings")
+        text = self.embed_prompt(prompt) if prompt is not None else np.asarray(text_embeddings, np.float32)
+        if text.ndim == 2:
+            text = np.broadcast_to(text, (batch, *text.shape))
+        ranges = self.bundle.ranges
+        frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
+        noise = np.random.default_rng(seed).standard_normal((batch, self.bundle.channels, frames, height, width))
+        latent, stats = self.denoise(noise, text, steps=steps, shift=shift, anchors=anchors, on_step=on_step)
+        return Result(latent, stats, None if anchors == "full" else anchors or self.bundle.schedule.anchors)
+
+    def _check_shapes(self, latent: np.ndarray, text: np.ndarray) -> None:
+        if latent.ndim != 5 or latent.shape[1] != self.bundle.channels:
+            raise ShapeError(f"latent must be (B, {self.bundle.channels}, F, H, W), got {latent.shape}")
+        if text.ndim != 3 or text.shape[0] != latent.shape[0] or text.shape[2] != self.bundle.text_dim:
+            raise ShapeError(f"text embeddings must be ({latent.shape[0]}, L, {self.bundle.text_dim}), got {text.shape}")
+        b, _, f, h, w = latent.shape
+        self.bundle.ranges.check(
+            self.bundle.patch, batch=b, frames=f, height=h, width=w, text_len=text.shape[1]
+        )

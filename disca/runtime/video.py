@@ -1,0 +1,56 @@
+"""Write a generated latent as a video (.gif, .mp4) or as the raw array (.npy).
+
+Files are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from disca.errors import DiscaError
+
+FORMATS = (".gif", ".mp4", ".npy")
+
+
+def to_frames(latent: np.ndarray, upscale: int = 1) -> np.ndarray:
+    """(B, 3, F, H, W) in [-1, 1] -> (F, H, B*W, 3) uint8: the batch side by side."""
+    if latent.ndim != 5 or latent.shape[1] != 3:
+        raise DiscaError(
+            f"only a 3-channel (RGB pixel-space) latent can be written as a video, got shape {latent.shape}: "
+            "write .npy and decode it with your VAE"
+        )
+    x = np.concatenate(list(latent), axis=-1)  # (3, F, H, B*W)
+    x = np.clip((x.transpose(1, 2, 3, 0) + 1) * 127.5, 0, 255).round().astype(np.uint8)
+    if upscale > 1:
+        x = x.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    return x
+
+
+def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in FORMATS:
+        raise DiscaError(f"cannot write {path.name}: the output must end in one of {', '.join(FORMATS)}")
+    frames = None if ext == ".npy" else to_frames(latent, upscale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
+    os.close(fd)
+    try:
+        if ext == ".npy":
+            np.save(tmp, latent)
+        else:
+            import imageio.v2 as imageio
+
+            if ext == ".gif":
+                imageio.mimsave(tmp, list(frames), format="GIF", duration=1000 / fps, loop=0)
+            else:
+                imageio.mimsave(tmp, list(frames), format="FFMPEG", fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
