@@ -81,9 +81,8 @@ class Bundle:
             raise BundleError(f"{mfile} is incomplete or malformed ({type(e).__name__}: {e})") from None
         return bundle
 
-    def check_files(self, verify: bool = False) -> dict[str, bool | None]:
-        """Presence and size of every listed file; sha256 too with verify. -> {file: hash ok (None = unchecked)}"""
-        result = {}
+    def check_files(self, verify: bool = False) -> None:
+        """Every listed file present with its recorded size; with verify, its sha256 too."""
         for rel, entry in self.manifest["files"].items():
             p = self.path / rel
             if not p.is_file():
@@ -91,13 +90,14 @@ class Bundle:
             size = p.stat().st_size
             if size != entry["bytes"]:
                 raise BundleError(f"bundle file {p} has {size} bytes, the manifest says {entry['bytes']}: it is corrupt")
-            if verify:
-                if sha256(p) != entry["sha256"]:
-                    raise BundleError(f"bundle file {p} does not match its sha256 in the manifest: it is corrupt")
-                result[rel] = True
-            else:
-                result[rel] = None
-        return result
+        if verify:
+            for rel, ok in self.verify_hashes().items():
+                if not ok:
+                    raise BundleError(f"bundle file {self.path / rel} does not match its sha256 in the manifest: it is corrupt")
+
+    def verify_hashes(self) -> dict[str, bool]:
+        """{file: sha256 matches the manifest} for every listed file (reads them all)."""
+        return {rel: sha256(self.path / rel) == e["sha256"] for rel, e in self.manifest["files"].items()}
 
     # ------------------------------------------------------------ contents
 

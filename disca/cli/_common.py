@@ -1,0 +1,43 @@
+"""What both CLIs share: domain errors become one `Error: ...` line, and range options."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from disca.errors import DiscaError
+
+
+def clean_errors(fn):
+    """Turn the library's domain errors (and a missing optional stack) into click errors: one line, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DiscaError as e:
+            raise click.ClickException(str(e)) from None
+        except ModuleNotFoundError as e:
+            extra = {"torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch"}.get(
+                (e.name or "").split(".")[0]
+            )
+            hint = f": pip install 'disca[{extra}]'" if extra else ""
+            raise click.ClickException(f"this command needs the package {e.name!r}, which is not installed{hint}") from None
+
+    return wrapper
+
+
+def parse_range(text: str, name: str, default_opt: int) -> list[int]:
+    """'MIN:MAX', 'MIN:OPT:MAX' or 'N' -> [min, opt, max]; a missing opt is the default clamped into range."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        return parts * 3
+    if len(parts) == 2:
+        return [parts[0], min(max(default_opt, parts[0]), parts[1]), parts[1]]
+    if len(parts) == 3:
+        return parts
+    raise click.BadParameter(f"expected MIN:MAX, MIN:OPT:MAX or N, got {text!r}", param_hint=f"--{name}")

@@ -1,0 +1,122 @@
+"""`disca-run`: generate a video from a bundle with the DisCa schedule.
+
+Imports only the deploy runtime: runs on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from disca.cli._common import clean_errors
+from disca.runtime import Pipeline
+from disca.runtime.backends import BACKENDS
+from disca.runtime.schedule import parse_anchors
+from disca.runtime.video import write
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--prompt", help="Text prompt.")
+@click.option("--text-embeddings", type=click.Path(path_type=Path), help="Precomputed text embeddings (L, Dt) .npy.")
+@click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
+@click.option("--shift", type=float, help="Sigma shift (default: the bundle's schedule).")
+@click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
+@click.option("--providers", default="cpu", show_default=True,
+              help="ONNX Runtime execution providers, in order: cpu, cuda, tensorrt (comma-separated).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--device", default="cpu", show_default=True, help="torch backend device: cpu or cuda.")
+@click.option("--frames", type=int, help="Latent frames (default: the bundle's opt shape).")
+@click.option("--height", type=int, help="Latent height.")
+@click.option("--width", type=int, help="Latent width.")
+@click.option("--batch", default=1, show_default=True, help="Videos per run (same prompt, one noise draw).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the result: .gif, .mp4 or .npy (raw latent).")
+@click.option("--fps", default=8, show_default=True)
+@click.option("--upscale", default=1, show_default=True, help="Integer upscaling of the written video frames.")
+@click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run statistics as one JSON object (no progress bar).")
+@clean_errors
+def main(bundle, prompt, text_embeddings, steps, shift, schedule, seed, backend, providers, threads, device,
+         frames, height, width, batch, out, fps, upscale, verify, as_json):
+    """Generate a video from BUNDLE: anchor steps run the full DiT, the others the cache predictor.
+
+    \b
+    Examples:
+      disca-run bundles/demo --prompt "a red circle moving left" --out clip.gif
+      disca-run bundles/demo --prompt "a red circle moving left" --schedule full --json
+      disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
+    """
+    if (prompt is None) == (text_embeddings is None):
+        raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
+    embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
+    anchors = None if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
+    options = {"device": device} if backend == "torch" else {"providers": providers.split(","), "threads": threads}
+
+    with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
+        n_steps = steps or pipe.bundle.schedule.steps
+        with _progress(n_steps, disable=as_json) as on_step:
+            result = pipe.generate(
+                prompt, text_embeddings=embeddings, steps=steps, shift=shift, anchors=anchors, seed=seed,
+                frames=frames, height=height, width=width, batch=batch, on_step=on_step,
+            )
+    if out is not None:
+        write(out, result.video, fps=fps, upscale=upscale)
+    stats = result.stats.to_dict()
+    if as_json:
+        click.echo(json.dumps({**stats, "anchors": result.anchors, "out": str(out) if out else None}))
+    else:
+        _print_summary(stats, out)
+
+
+def _load_embeddings(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read text embeddings {path}: {e}") from None
+
+
+class _progress:
+    """A rich progress bar that shows, per step, whether it ran the full DiT or the predictor."""
+
+    def __init__(self, steps: int, disable: bool):
+        self.steps, self.counts = steps, {"full": 0, "predictor": 0}
+        self.bar = Progress(
+            TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), disable=disable, transient=False,
+        )
+
+    def __enter__(self):
+        self.bar.start()
+        self.task = self.bar.add_task("denoise", total=self.steps, last="")
+        return self.on_step
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def on_step(self, step: int, graph: str, ms: float) -> None:
+        self.counts[graph] += 1
+        kind = "[red]full[/red]" if graph == "full" else "[cyan]cached[/cyan]"
+        last = f"step {step}: {kind} {ms:.1f} ms | full {self.counts['full']}, cached {self.counts['predictor']}"
+        self.bar.update(self.task, advance=1, last=last)
+
+
+def _print_summary(s: dict, out) -> None:
+    table = Table("", "calls", "ms / call", "ms total", title=f"{s['backend']} · {s['policy']} · {s['steps']} steps")
+    for name, key in (("full DiT", "full"), ("predictor", "predictor")):
+        calls, per = s[f"{key}_calls"], s[f"ms_per_{key}"]
+        table.add_row(name, str(calls), f"{per:.2f}" if per else "-", f"{calls * per:.1f}" if per else "-")
+    table.add_row("runtime overhead", "", "", f"{s['overhead_ms']:.2f}")
+    table.add_row("total", "", "", f"{s['total_ms']:.1f}")
+    console = Console()
+    console.print(table)
+    if out is not None:
+        console.print(f"wrote {out}")
