@@ -18,7 +18,7 @@ from disca.cli._common import clean_errors
 from disca.runtime import Pipeline
 from disca.runtime.backends import BACKENDS
 from disca.runtime.schedule import parse_anchors
-from disca.runtime.video import write
+from disca.runtime.video import check_path, write
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +56,8 @@ def main(bundle, prompt, text_embeddings, steps, shift, schedule, seed, backend,
     """
     if (prompt is None) == (text_embeddings is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
+    if out is not None:
+        check_path(out)
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
     anchors = None if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
     options = {"device": device} if backend == "torch" else {"providers": providers.split(","), "threads": threads}

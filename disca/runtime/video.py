@@ -30,11 +30,17 @@ def to_frames(latent: np.ndarray, upscale: int = 1) -> np.ndarray:
     return x
 
 
+def check_path(path) -> str:
+    """The output's format (its suffix), or a DiscaError: check before a run, not after it."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise DiscaError(f"cannot write {Path(path).name}: the output must end in one of {', '.join(FORMATS)}")
+    return ext
+
+
 def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
     path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in FORMATS:
-        raise DiscaError(f"cannot write {path.name}: the output must end in one of {', '.join(FORMATS)}")
+    ext = check_path(path)
     frames = None if ext == ".npy" else to_frames(latent, upscale)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)

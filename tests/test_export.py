@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from disca._atomic import atomic_directory
+from disca.bundle import Bundle
+from disca.errors import ParityError, ShapeError
+from disca.exporter import export_bundle, export_shapes
+from disca.exporter.validate import check_graph
+from disca.models.graphs import FullGraph
+from disca.spec import DIMS, ShapeRanges, dummy_inputs
+
+
+def test_bundle_holds_two_validated_graphs(tiny_bundle):
+    b = Bundle.open(tiny_bundle, verify=True)
+    assert sorted(b.specs) == ["full", "predictor"]
+    m = b.manifest
+    assert [t["name"] for t in m["graphs"]["full"]["spec"]["outputs"]] == ["velocity", "hidden"]
+    assert [t["name"] for t in m["graphs"]["predictor"]["spec"]["inputs"]][-1] == "hidden"
+    for graph in ("full", "predictor"):
+        v = m["graphs"][graph]["variants"]["fp32"]
+        assert v["opset"] == 23
+        first, second = v["validation"]["shapes"]
+        assert all(first[d] != second[d] for d in DIMS)  # the second shape differs on every axis
+        assert v["validation"]["results"] and all(r["rel_l2"] <= 1e-4 for r in v["validation"]["results"])
+    assert set(m["versions"]) >= {"disca", "torch", "onnx", "onnxruntime"}
+    assert m["schedule"]["anchors"][0] == 0
+    assert all(len(e["sha256"]) == 64 for e in m["files"].values())
+    assert "full.onnx.data" in m["files"]  # external data
+
+
+def test_graph_io_is_named_and_symbolic(tiny_bundle):
+    model = onnx.load(str(tiny_bundle / "predictor.onnx"), load_external_data=False)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
+    assert dims["latent"] == ["batch", 3, "frames", "height", "width"]
+    assert dims["hidden"] == ["batch", "tokens", 32]
+    ops = {n.op_type for n in onnx.load(str(tiny_bundle / "full.onnx"), load_external_data=False).graph.node}
+    assert {"Attention", "RMSNormalization"} <= ops  # opset 23 keeps them as single nodes
+
+
+def test_graphs_run_at_a_third_shape_inside_the_ranges(tiny_model, tiny_bundle):
+    """Neither export shape: batch 3, frames 3, 12x4, 5 text tokens."""
+    cfg, dit, _ = tiny_model
+    b = Bundle.open(tiny_bundle)
+    session = ort.InferenceSession(str(b.graph_path("full")), providers=["CPUExecutionProvider"])
+    dims = {"batch": 3, "frames": 3, "height": 12, "width": 4, "text_len": 5}
+    feeds = dummy_inputs(b.specs["full"], dims, b.patch, seed=7)
+    results = check_graph("full", session, FullGraph(dit), feeds, ["velocity", "hidden"], 1e-4)
+    assert results[1].shape == (3, 3 * 6 * 2 + 5, 32)
+
+
+def test_parity_failure_names_graph_output_and_shape(tiny_model, tiny_bundle):
+    cfg, dit, _ = tiny_model
+    b = Bundle.open(tiny_bundle)
+    session = ort.InferenceSession(str(b.graph_path("full")), providers=["CPUExecutionProvider"])
+    feeds = dummy_inputs(b.specs["full"], export_shapes(b.ranges)[0], b.patch)
+    other = FullGraph(type(dit)(cfg.dit))  # same architecture, other weights
+    torch.nn.init.normal_(other.dit.final.linear.weight)
+    with pytest.raises(ParityError, match=r"full graph: output velocity at shape \(2, 3, 2, 8, 8\)"):
+        check_graph("full", session, other, feeds, ["velocity", "hidden"], 1e-4)
+
+
+def test_opset_20_exports_decomposed_attention(tiny_model, tiny_ranges, tmp_path):
+    cfg, dit, predictor = tiny_model
+    out = export_bundle(cfg, dit, predictor, tmp_path / "b20", opset=20, ranges=tiny_ranges,
+                        include_weights=False)
+    ops = {n.op_type for n in onnx.load(str(out / "full.onnx"), load_external_data=False).graph.node}
+    assert "Attention" not in ops and "Softmax" in ops
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"]["dir"] is None and not (out / "weights").exists()
+    assert all(r["rel_l2"] <= 1e-4 for r in manifest["graphs"]["predictor"]["variants"]["fp32"]["validation"]["results"])
+
+
+def test_bad_ranges_and_opset_fail_before_writing(tiny_model, tmp_path):
+    cfg, dit, predictor = tiny_model
+    with pytest.raises(ShapeError, match="multiples of the patch size 2"):
+        export_bundle(cfg, dit, predictor, tmp_path / "x", ranges=ShapeRanges(height=[4, 7, 12]))
+    with pytest.raises(ShapeError, match="opset 19"):
+        export_bundle(cfg, dit, predictor, tmp_path / "x", opset=19)
+    assert not list(tmp_path.iterdir())
+
+
+def test_atomic_directory_keeps_the_old_one_on_failure(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "half.onnx").write_text("half-written")
+            raise RuntimeError("export crashed")
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    assert (target / "keep.txt").read_text() == "precious"
+    with atomic_directory(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_dummy_inputs_follow_the_declaration(tiny_bundle):
+    b = Bundle.open(tiny_bundle)
+    feeds = dummy_inputs(b.specs["predictor"], {"batch": 2, "frames": 2, "height": 4, "width": 6, "text_len": 3}, b.patch)
+    assert feeds["latent"].shape == (2, 3, 2, 4, 6) and feeds["hidden"].shape == (2, 2 * 2 * 3 + 3, 32)
+    assert np.all(feeds["r"] <= feeds["t"]) and feeds["t"].dtype == np.float32
