@@ -89,11 +89,15 @@ class Bundle:
                 raise BundleError(f"bundle file {p} is missing")
             size = p.stat().st_size
             if size != entry["bytes"]:
-                raise BundleError(f"bundle file {p} has {size} bytes, the manifest says {entry['bytes']}: it is corrupt")
+                raise BundleError(
+                    f"bundle file {p} has {size} bytes, the manifest says {entry['bytes']}: it is corrupt"
+                )
         if verify:
             for rel, ok in self.verify_hashes().items():
                 if not ok:
-                    raise BundleError(f"bundle file {self.path / rel} does not match its sha256 in the manifest: it is corrupt")
+                    raise BundleError(
+                        f"bundle file {self.path / rel} does not match its sha256 in the manifest: it is corrupt"
+                    )
 
     def verify_hashes(self) -> dict[str, bool]:
         """{file: sha256 matches the manifest} for every listed file (reads them all)."""
@@ -140,7 +144,9 @@ class Bundle:
     def graph_path(self, graph: str, precision: str = "fp32") -> Path:
         variants = self.manifest["graphs"][graph]["variants"]
         if precision not in variants:
-            raise BundleError(f"bundle {self.path} has no {precision} variant of the {graph} graph ({', '.join(variants)})")
+            raise BundleError(
+                f"bundle {self.path} has no {precision} variant of the {graph} graph ({', '.join(variants)})"
+            )
         return self.path / variants[precision]["file"]
 
     @property

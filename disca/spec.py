@@ -91,7 +91,9 @@ class ShapeRanges:
         for name, value in dims.items():
             lo, _, hi = getattr(self, name)
             if not lo <= value <= hi:
-                raise ShapeError(f"{name}={value} is outside the bundle's range {lo}..{hi}; re-export with a wider range")
+                raise ShapeError(
+                    f"{name}={value} is outside the bundle's range {lo}..{hi}; re-export with a wider range"
+                )
         for name, p in zip(("frames", "height", "width"), patch):
             if name in dims and dims[name] % p:
                 raise ShapeError(f"{name}={dims[name]} is not a multiple of the patch size {p}")

@@ -9,7 +9,13 @@ torch = pytest.importorskip("torch", reason="model/export tests need the torch e
 from disca.models import build, preset, randomize_  # noqa: E402
 
 # Small ranges keep validation and runtime tests fast; still two distinct shapes per dim.
-TINY_RANGES = {"batch": [1, 1, 3], "frames": [1, 2, 4], "height": [4, 8, 12], "width": [4, 8, 12], "text_len": [1, 4, 8]}
+TINY_RANGES = {
+    "batch": [1, 1, 3],
+    "frames": [1, 2, 4],
+    "height": [4, 8, 12],
+    "width": [4, 8, 12],
+    "text_len": [1, 4, 8],
+}
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,20 @@ from click.testing import CliRunner
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
 
-RUN = ["--prompt", "a red circle moving left", "--steps", "4", "--schedule", "0,2", "--frames", "2",
-       "--height", "8", "--width", "8"]
+RUN = [
+    "--prompt",
+    "a red circle moving left",
+    "--steps",
+    "4",
+    "--schedule",
+    "0,2",
+    "--frames",
+    "2",
+    "--height",
+    "8",
+    "--width",
+    "8",
+]
 
 
 def invoke(cli, args):
@@ -46,8 +58,22 @@ def test_run_writes_a_gif_and_prints_a_summary(tiny_bundle, tmp_path):
 
 def test_run_takes_text_embeddings_and_full_schedule(tiny_bundle, tmp_path):
     np.save(tmp_path / "emb.npy", np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32))
-    args = [tiny_bundle, "--text-embeddings", tmp_path / "emb.npy", "--steps", "3", "--schedule", "full", "--json",
-            "--frames", "2", "--height", "8", "--width", "8"]
+    args = [
+        tiny_bundle,
+        "--text-embeddings",
+        tmp_path / "emb.npy",
+        "--steps",
+        "3",
+        "--schedule",
+        "full",
+        "--json",
+        "--frames",
+        "2",
+        "--height",
+        "8",
+        "--width",
+        "8",
+    ]
     stats = json.loads(invoke(run_cli, args).output)
     assert (stats["full_calls"], stats["predictor_calls"]) == (3, 0)
 
@@ -65,8 +91,20 @@ def test_run_takes_text_embeddings_and_full_schedule(tiny_bundle, tmp_path):
 )
 def test_run_user_errors_are_one_line(tiny_bundle, args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = ["--prompt", "a red circle", "--steps", "4", "--schedule", "0,2", "--frames", "2", "--height", "8",
-            "--width", "8"]
+    base = [
+        "--prompt",
+        "a red circle",
+        "--steps",
+        "4",
+        "--schedule",
+        "0,2",
+        "--frames",
+        "2",
+        "--height",
+        "8",
+        "--width",
+        "8",
+    ]
     line = error_line(invoke(run_cli, [tiny_bundle, *base, *args]))
     assert message in line
     assert not list(tmp_path.iterdir())  # nothing written
@@ -105,8 +143,23 @@ def test_inspect_reports_and_verifies(tiny_bundle, bundle_copy):
 
 def test_export_cli_writes_a_bundle_and_guards_the_old_one(tmp_path):
     out = tmp_path / "b"
-    args = ["onnx", "--preset", "tiny", "--out", out, "--frames", "1:2", "--height", "4:8", "--width", "4:8",
-            "--batch", "1:2", "--text-len", "1:4"]
+    args = [
+        "onnx",
+        "--preset",
+        "tiny",
+        "--out",
+        out,
+        "--frames",
+        "1:2",
+        "--height",
+        "4:8",
+        "--width",
+        "4:8",
+        "--batch",
+        "1:2",
+        "--text-len",
+        "1:4",
+    ]
     result = invoke(export_cli, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())

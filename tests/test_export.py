@@ -66,13 +66,14 @@ def test_parity_failure_names_graph_output_and_shape(tiny_model, tiny_bundle):
 
 def test_opset_20_exports_decomposed_attention(tiny_model, tiny_ranges, tmp_path):
     cfg, dit, predictor = tiny_model
-    out = export_bundle(cfg, dit, predictor, tmp_path / "b20", opset=20, ranges=tiny_ranges,
-                        include_weights=False)
+    out = export_bundle(cfg, dit, predictor, tmp_path / "b20", opset=20, ranges=tiny_ranges, include_weights=False)
     ops = {n.op_type for n in onnx.load(str(out / "full.onnx"), load_external_data=False).graph.node}
     assert "Attention" not in ops and "Softmax" in ops
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["weights"]["dir"] is None and not (out / "weights").exists()
-    assert all(r["rel_l2"] <= 1e-4 for r in manifest["graphs"]["predictor"]["variants"]["fp32"]["validation"]["results"])
+    assert all(
+        r["rel_l2"] <= 1e-4 for r in manifest["graphs"]["predictor"]["variants"]["fp32"]["validation"]["results"]
+    )
 
 
 def test_bad_ranges_and_opset_fail_before_writing(tiny_model, tmp_path):
@@ -102,6 +103,8 @@ def test_atomic_directory_keeps_the_old_one_on_failure(tmp_path):
 
 def test_dummy_inputs_follow_the_declaration(tiny_bundle):
     b = Bundle.open(tiny_bundle)
-    feeds = dummy_inputs(b.specs["predictor"], {"batch": 2, "frames": 2, "height": 4, "width": 6, "text_len": 3}, b.patch)
+    feeds = dummy_inputs(
+        b.specs["predictor"], {"batch": 2, "frames": 2, "height": 4, "width": 6, "text_len": 3}, b.patch
+    )
     assert feeds["latent"].shape == (2, 3, 2, 4, 6) and feeds["hidden"].shape == (2, 2 * 2 * 3 + 3, 32)
     assert np.all(feeds["r"] <= feeds["t"]) and feeds["t"].dtype == np.float32

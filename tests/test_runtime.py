@@ -30,8 +30,13 @@ def test_sigmas_are_shifted_and_end_at_zero():
 
 @pytest.mark.parametrize(
     "anchors, message",
-    [([1, 2], "step 0 must be an anchor"), ([0, 5, 2], "sorted and unique"), ([0, 2, 2], "sorted and unique"),
-     ([0, 20], "out of range"), ([], "empty")],
+    [
+        ([1, 2], "step 0 must be an anchor"),
+        ([0, 5, 2], "sorted and unique"),
+        ([0, 2, 2], "sorted and unique"),
+        ([0, 20], "out of range"),
+        ([], "empty"),
+    ],
 )
 def test_bad_anchor_schedules(anchors, message):
     with pytest.raises(ScheduleError, match=message):

@@ -23,7 +23,9 @@ def clean_errors(fn):
                 (e.name or "").split(".")[0]
             )
             hint = f": pip install 'disca[{extra}]'" if extra else ""
-            raise click.ClickException(f"this command needs the package {e.name!r}, which is not installed{hint}") from None
+            raise click.ClickException(
+                f"this command needs the package {e.name!r}, which is not installed{hint}"
+            ) from None
 
     return wrapper
 

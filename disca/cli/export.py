@@ -26,11 +26,18 @@ def main():
 
 
 @main.command("onnx")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Export an untrained model of this preset (random weights).")
+@click.option(
+    "--preset", type=click.Choice(PRESET_NAMES), help="Export an untrained model of this preset (random weights)."
+)
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Export a trained checkpoint directory.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--opset", type=click.Choice(["23", "20"]), default="23", show_default=True,
-              help="23: native Attention/RMSNormalization (TensorRT >= 10.14); 20: decomposed, older runtimes.")
+@click.option(
+    "--opset",
+    type=click.Choice(["23", "20"]),
+    default="23",
+    show_default=True,
+    help="23: native Attention/RMSNormalization (TensorRT >= 10.14); 20: decomposed, older runtimes.",
+)
 @click.option("--batch", default="1:1:4", show_default=True, help="Batch range MIN:MAX or MIN:OPT:MAX.")
 @click.option("--frames", default=None, help="Latent frame range (default 1:8:16 in patch multiples).")
 @click.option("--height", default=None, help="Latent height range (default 8:32:64).")
@@ -41,7 +48,9 @@ def main():
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--verbose", is_flag=True, help="Show the exporter's own output.")
 @clean_errors
-def onnx_cmd(preset, checkpoint, out, opset, batch, frames, height, width, text_len, seed, no_weights, overwrite, verbose):
+def onnx_cmd(
+    preset, checkpoint, out, opset, batch, frames, height, width, text_len, seed, no_weights, overwrite, verbose
+):
     """Export the DiT and its cache predictor to a bundle: full.onnx + predictor.onnx + manifest.json.
 
     Both graphs are validated on ONNX Runtime against PyTorch at two shapes.
@@ -80,8 +89,16 @@ def onnx_cmd(preset, checkpoint, out, opset, batch, frames, height, width, text_
         ranges[dim] = parse_range(given[dim], dim.replace("_", "-"), default[1]) if given[dim] else default
     console = Console(stderr=True)
     export_bundle(
-        cfg, dit, predictor, out, opset=int(opset), ranges=ShapeRanges(**ranges), weights_note=note,
-        include_weights=not no_weights, verbose=verbose, log=console.print,
+        cfg,
+        dit,
+        predictor,
+        out,
+        opset=int(opset),
+        ranges=ShapeRanges(**ranges),
+        weights_note=note,
+        include_weights=not no_weights,
+        verbose=verbose,
+        log=console.print,
     )
     console.print(f"[green]wrote bundle {out}[/green] ({note})")
 
@@ -104,8 +121,11 @@ def inspect_cmd(bundle, as_json):
         "weights": b.manifest["weights"],
         "params": {**params, "predictor_to_dit": params["predictor"] / params["dit"]},
         "graphs": {
-            name: {"inputs": g["spec"]["inputs"], "outputs": g["spec"]["outputs"],
-                   "variants": {p: {k: v[k] for k in ("file", "opset")} for p, v in g["variants"].items()}}
+            name: {
+                "inputs": g["spec"]["inputs"],
+                "outputs": g["spec"]["outputs"],
+                "variants": {p: {k: v[k] for k in ("file", "opset")} for p, v in g["variants"].items()},
+            }
             for name, g in b.manifest["graphs"].items()
         },
         "ranges": b.manifest["ranges"],
@@ -127,13 +147,18 @@ def _print_report(r: dict) -> None:
     console = Console()
     p = r["params"]
     console.print(f"[bold]{r['path']}[/bold]  ({r['weights']['source']})")
-    console.print(f"DiT {p['dit']:,} params, predictor {p['predictor']:,} params "
-                  f"({100 * p['predictor_to_dit']:.2f}% of the DiT)")
+    console.print(
+        f"DiT {p['dit']:,} params, predictor {p['predictor']:,} params ({100 * p['predictor_to_dit']:.2f}% of the DiT)"
+    )
     io = Table("graph", "precision (opset)", "inputs", "outputs", title="graphs")
     for name, g in r["graphs"].items():
         fmt = lambda ts: "\n".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in ts)  # noqa: E731
-        io.add_row(name, ", ".join(f"{k} ({v['opset']})" for k, v in g["variants"].items()),
-                   fmt(g["inputs"]), fmt(g["outputs"]))
+        io.add_row(
+            name,
+            ", ".join(f"{k} ({v['opset']})" for k, v in g["variants"].items()),
+            fmt(g["inputs"]),
+            fmt(g["outputs"]),
+        )
     console.print(io)
     rng = Table("dim", "min", "opt", "max", title="validated shape ranges")
     for dim, (lo, opt, hi) in r["ranges"].items():

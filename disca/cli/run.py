@@ -30,8 +30,12 @@ from disca.runtime.video import check_path, write
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
-@click.option("--providers", default="cpu", show_default=True,
-              help="ONNX Runtime execution providers, in order: cpu, cuda, tensorrt (comma-separated).")
+@click.option(
+    "--providers",
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution providers, in order: cpu, cuda, tensorrt (comma-separated).",
+)
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="torch backend device: cpu or cuda.")
 @click.option("--frames", type=int, help="Latent frames (default: the bundle's opt shape).")
@@ -44,8 +48,28 @@ from disca.runtime.video import check_path, write
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run statistics as one JSON object (no progress bar).")
 @clean_errors
-def main(bundle, prompt, text_embeddings, steps, shift, schedule, seed, backend, providers, threads, device,
-         frames, height, width, batch, out, fps, upscale, verify, as_json):
+def main(
+    bundle,
+    prompt,
+    text_embeddings,
+    steps,
+    shift,
+    schedule,
+    seed,
+    backend,
+    providers,
+    threads,
+    device,
+    frames,
+    height,
+    width,
+    batch,
+    out,
+    fps,
+    upscale,
+    verify,
+    as_json,
+):
     """Generate a video from BUNDLE: anchor steps run the full DiT, the others the cache predictor.
 
     \b
@@ -66,8 +90,17 @@ def main(bundle, prompt, text_embeddings, steps, shift, schedule, seed, backend,
         n_steps = steps or pipe.bundle.schedule.steps
         with _progress(n_steps, disable=as_json) as on_step:
             result = pipe.generate(
-                prompt, text_embeddings=embeddings, steps=steps, shift=shift, anchors=anchors, seed=seed,
-                frames=frames, height=height, width=width, batch=batch, on_step=on_step,
+                prompt,
+                text_embeddings=embeddings,
+                steps=steps,
+                shift=shift,
+                anchors=anchors,
+                seed=seed,
+                frames=frames,
+                height=height,
+                width=width,
+                batch=batch,
+                on_step=on_step,
             )
     if out is not None:
         write(out, result.video, fps=fps, upscale=upscale)
@@ -91,9 +124,14 @@ class _progress:
     def __init__(self, steps: int, disable: bool):
         self.steps, self.counts = steps, {"full": 0, "predictor": 0}
         self.bar = Progress(
-            TextColumn("[bold]denoising"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
-            console=Console(stderr=True), disable=disable, transient=False,
+            TextColumn("[bold]denoising"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=disable,
+            transient=False,
         )
 
     def __enter__(self):

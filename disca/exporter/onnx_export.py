@@ -35,7 +35,6 @@ OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14)
 FP32_REL_L2 = 1e-4
 
 
-
 def export_shapes(ranges: ShapeRanges) -> tuple[dict, dict]:
     """The example shape to trace at and a second shape, different on every axis the ranges allow."""
     first = {d: getattr(ranges, d)[1] for d in DIMS}

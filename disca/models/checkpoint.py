@@ -1,8 +1,8 @@
 """Checkpoints: a directory with `config.json` and safetensors weights (no pickles).
 
-    config.json            {"format": "disca-checkpoint", "version": 1, "model": ModelConfig}
-    dit.safetensors        VideoDiT state dict
-    predictor.safetensors  CachePredictor state dict (optional: a teacher has none)
+config.json            {"format": "disca-checkpoint", "version": 1, "model": ModelConfig}
+dit.safetensors        VideoDiT state dict
+predictor.safetensors  CachePredictor state dict (optional: a teacher has none)
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def save_checkpoint(path, cfg: ModelConfig, dit, predictor=None, extra: dict | N
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(tmp / "dit.safetensors"))
         if predictor is not None:
-            save_file({k: v.contiguous() for k, v in predictor.state_dict().items()}, str(tmp / "predictor.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in predictor.state_dict().items()}, str(tmp / "predictor.safetensors")
+            )
     return Path(path)
 
 

@@ -1,14 +1,14 @@
 """The public Python API: load a bundle on a backend, then generate or denoise.
 
-    from disca.runtime import Pipeline
+from disca.runtime import Pipeline
 
-    with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
-        result = pipe.generate("a red circle moving left", seed=0)
-        result.video      # (B, C, F, H, W) float32 latent (RGB in [-1, 1] for pixel-space models)
-        result.stats      # RunStats: full / predictor calls, ms per call, overhead
+with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
+    result = pipe.generate("a red circle moving left", seed=0)
+    result.video      # (B, C, F, H, W) float32 latent (RGB in [-1, 1] for pixel-space models)
+    result.stats      # RunStats: full / predictor calls, ms per call, overhead
 
-        # your own text encoder and VAE around disca's denoising loop:
-        latent, stats = pipe.denoise(noise, text_embeddings, steps=20, anchors=[0, 1, 2, 5, 9, 13, 17, 19])
+    # your own text encoder and VAE around disca's denoising loop:
+    latent, stats = pipe.denoise(noise, text_embeddings, steps=20, anchors=[0, 1, 2, 5, 9, 13, 17, 19])
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class Pipeline:
         if latent.ndim != 5 or latent.shape[1] != self.bundle.channels:
             raise ShapeError(f"latent must be (B, {self.bundle.channels}, F, H, W), got {latent.shape}")
         if text.ndim != 3 or text.shape[0] != latent.shape[0] or text.shape[2] != self.bundle.text_dim:
-            raise ShapeError(f"text embeddings must be ({latent.shape[0]}, L, {self.bundle.text_dim}), got {text.shape}")
+            raise ShapeError(
+                f"text embeddings must be ({latent.shape[0]}, L, {self.bundle.text_dim}), got {text.shape}"
+            )
         b, _, f, h, w = latent.shape
-        self.bundle.ranges.check(
-            self.bundle.patch, batch=b, frames=f, height=h, width=w, text_len=text.shape[1]
-        )
+        self.bundle.ranges.check(self.bundle.patch, batch=b, frames=f, height=h, width=w, text_len=text.shape[1])

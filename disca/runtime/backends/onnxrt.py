@@ -22,11 +22,14 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, providers=("cpu",), threads: int | None = None, precision: str = "fp32"):
+    def __init__(
+        self, bundle, providers=("cpu",), threads: int | None = None, precision: str = "fp32", spinning: bool = False
+    ):
         super().__init__(bundle)
         self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
         self.threads = threads
         self.precision = precision
+        self.spinning = spinning
 
     def _activate_impl(self) -> None:
         try:
@@ -44,6 +47,9 @@ class OnnxRuntimeBackend(Backend):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
+        # The two sessions have a thread pool each and run alternately: a pool that spin-waits after its call
+        # steals the cores from the other one (measured on 2 cores: full step 121 ms with spinning vs 65 ms without).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         self.sessions = {}
         for graph in ("full", "predictor"):
             path = self.bundle.graph_path(graph, self.precision)

@@ -45,7 +45,9 @@ class TorchBackend(Backend):
             return self.predictor_graph(latent, t, r, text, cache)
 
     def asarray(self, a: np.ndarray):
-        return self.torch.from_numpy(np.array(a, dtype=np.float32)).to(self.device)  # a copy: inputs may be read-only views
+        return self.torch.from_numpy(np.array(a, dtype=np.float32)).to(
+            self.device
+        )  # a copy: inputs may be read-only views
 
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy()

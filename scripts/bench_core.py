@@ -1,0 +1,111 @@
+"""Runtime benchmark of a bundle: DisCa vs all-full sampling, ONNX Runtime vs torch eager.
+
+Each backend lives in its own worker process (torch's OpenMP threads spin after
+its ops and would slow an ONNX Runtime call in the same process), and the runs
+are interleaved round by round (these machines are noisy: compare only figures
+taken together); each figure is the median over --repeats.
+
+    python scripts/bench_core.py bundles/demo --repeats 5 [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from disca.bundle import Schedule
+from disca.runtime import Pipeline
+
+
+def _worker(conn, bundle: str, backend: str, prompt: str) -> None:
+    pipe = Pipeline.load(bundle, backend=backend)
+    conn.send(pipe.bundle.schedule.to_dict())
+    while (anchors := conn.recv()) is not None:
+        conn.send(pipe.generate(prompt, anchors=anchors, seed=0).stats.to_dict())
+
+
+@click.command()
+@click.argument("bundle")
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--backends", default="onnxruntime,torch", show_default=True)
+@click.option("--prompt", default="a red circle moving left", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def main(bundle, repeats, backends, prompt, as_json):
+    backends = backends.split(",")
+    ctx = mp.get_context("spawn")
+    conns = {}
+    for b in backends:
+        parent, child = ctx.Pipe()
+        ctx.Process(target=_worker, args=(child, bundle, b, prompt), daemon=True).start()
+        conns[b] = parent
+    schedule = Schedule(**next(iter(conns.values())).recv())
+    for b in backends[1:]:
+        conns[b].recv()
+    runs = {(b, p): [] for b in backends for p in ("disca", "full")}
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for b in backends:
+            for policy, anchors in (("disca", schedule.anchors), ("full", "full")):
+                conns[b].send(anchors)
+                runs[b, policy].append(conns[b].recv())
+    for c in conns.values():
+        c.send(None)
+    med = {
+        k: {
+            m: statistics.median(r[m] for r in v[1:] if r[m] is not None) if any(r[m] for r in v[1:]) else None
+            for m in ("ms_per_full", "ms_per_predictor", "overhead_ms", "total_ms")
+        }
+        for k, v in runs.items()
+    }
+    ref = backends[0]
+    f, p = med[ref, "disca"]["ms_per_full"], med[ref, "disca"]["ms_per_predictor"]
+    n_full, n_pred = len(schedule.anchors), schedule.steps - len(schedule.anchors)
+    bound = schedule.steps / (n_full + n_pred * p / f)
+    speedup = med[ref, "full"]["total_ms"] / med[ref, "disca"]["total_ms"]
+    summary = {
+        "bundle": bundle,
+        "steps": schedule.steps,
+        "anchors": schedule.anchors,
+        "repeats": repeats,
+        "median": {f"{b}/{pol}": v for (b, pol), v in med.items()},
+        f"{ref}_predictor_to_full": p / f,
+        f"{ref}_overhead_fraction": med[ref, "disca"]["overhead_ms"] / med[ref, "disca"]["total_ms"],
+        f"{ref}_speedup_disca_over_full": speedup,
+        f"{ref}_speedup_bound": bound,
+        f"{ref}_speedup_to_bound": speedup / bound,
+    }
+    for b in backends[1:]:
+        summary[f"{b}_to_{ref}_ms_per_full"] = med[b, "full"]["ms_per_full"] / med[ref, "full"]["ms_per_full"]
+        summary[f"{b}_to_{ref}_ms_per_predictor"] = med[b, "disca"]["ms_per_predictor"] / p
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(
+        "backend / policy",
+        "ms per full",
+        "ms per predictor",
+        "overhead ms",
+        "total ms",
+        title=f"{bundle}: {schedule.steps} steps, anchors {schedule.anchors}, median of {repeats}",
+    )
+    for (b, pol), v in med.items():
+        table.add_row(
+            f"{b} / {pol}",
+            *(
+                f"{v[m]:.2f}" if v[m] is not None else "-"
+                for m in ("ms_per_full", "ms_per_predictor", "overhead_ms", "total_ms")
+            ),
+        )
+    console = Console()
+    console.print(table)
+    for k, v in summary.items():
+        if isinstance(v, float):
+            console.print(f"{k}: {v:.4f}")
+
+
+if __name__ == "__main__":
+    main()
