@@ -108,7 +108,8 @@ def test_presets_are_copies_and_bad_configs_fail():
 def test_checkpoint_round_trip(tiny_model, tmp_path):
     cfg, dit, predictor = tiny_model
     save_checkpoint(tmp_path / "ckpt", cfg, dit, predictor)
-    cfg2, dit2, pred2 = load_checkpoint(tmp_path / "ckpt")
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    cfg2, dit2, pred2 = ckpt.cfg, ckpt.dit, ckpt.predictor
     assert cfg2 == cfg
     latent, t, r, text = _inputs(cfg)
     torch.testing.assert_close(dit2(latent, t, r, text), dit(latent, t, r, text), rtol=0, atol=0)
@@ -124,7 +125,7 @@ def test_checkpoint_errors_name_the_problem(tiny_model, tmp_path):
     (path / "predictor.safetensors").unlink()
     with pytest.raises(CheckpointError, match="predictor.safetensors is missing"):
         load_checkpoint(path)
-    assert load_checkpoint(path, require_predictor=False)[2] is None
+    assert load_checkpoint(path, require_predictor=False).predictor is None
     (path / "dit.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(path)

@@ -70,13 +70,15 @@ def onnx_cmd(
     from disca.models import preset as get_preset
 
     if checkpoint is not None:
-        cfg, dit, predictor = load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint)
+        cfg, dit, predictor, text = ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text
         note = f"checkpoint {checkpoint}"
     else:
         cfg = get_preset(preset)
         dit, predictor = build(cfg)
         randomize_(dit, seed)
         randomize_(predictor, seed + 1)
+        text = None
         note = f"preset {preset}, random untrained weights (seed {seed})"
     defaults, patch = ShapeRanges(), cfg.dit.patch_size
     given = {"batch": batch, "frames": frames, "height": height, "width": width, "text_len": text_len}
@@ -93,6 +95,7 @@ def onnx_cmd(
         dit,
         predictor,
         out,
+        text=text,
         opset=int(opset),
         ranges=ShapeRanges(**ranges),
         weights_note=note,

@@ -31,6 +31,7 @@ from disca.models.graphs import FullGraph, PredictorGraph
 from disca.runtime.schedule import DEFAULT_SCHEDULE
 from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, graph_specs
 
+TEXT_TABLE = "text_embedding.npy"
 OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14); 20: decomposed
 FP32_REL_L2 = 1e-4
 
@@ -101,6 +102,7 @@ def export_bundle(
     predictor,
     out,
     *,
+    text=None,
     opset: int = 23,
     ranges: ShapeRanges | None = None,
     schedule: Schedule = DEFAULT_SCHEDULE,
@@ -109,7 +111,11 @@ def export_bundle(
     verbose: bool = False,
     log=lambda msg: None,
 ) -> Path:
-    """Export, validate and write a bundle to `out`. -> the bundle path."""
+    """Export, validate and write a bundle to `out`. -> the bundle path.
+
+    `text`: the model's learned WordEmbedding, if any: its table goes into the bundle
+    so that the runtime embeds prompts without torch.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -159,7 +165,9 @@ def export_bundle(
                 },
             }
         if include_weights:
-            save_checkpoint(tmp / "weights", cfg, dit, predictor)
+            save_checkpoint(tmp / "weights", cfg, dit, predictor, text=text)
+        if text is not None:
+            np.save(tmp / TEXT_TABLE, text.table.weight.detach().cpu().numpy().astype(np.float32))
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -171,6 +179,7 @@ def export_bundle(
             "ranges": ranges.to_dict(),
             "graphs": graphs,
             "schedule": schedule.to_dict(),
+            "text": {"vocab": cfg.vocab, "file": TEXT_TABLE} if text is not None else None,
             "files": {f: file_entry(tmp, f) for f in files},
             "versions": {
                 "disca": disca.__version__,

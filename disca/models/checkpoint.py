@@ -1,13 +1,17 @@
 """Checkpoints: a directory with `config.json` and safetensors weights (no pickles).
 
-config.json            {"format": "disca-checkpoint", "version": 1, "model": ModelConfig}
-dit.safetensors        VideoDiT state dict
-predictor.safetensors  CachePredictor state dict (optional: a teacher has none)
+    config.json            {"format": "disca-checkpoint", "version": 1, "model": ModelConfig, ...extra}
+    dit.safetensors        VideoDiT state dict
+    predictor.safetensors  CachePredictor state dict (optional: a teacher has none)
+    text.safetensors       WordEmbedding state dict (when the config has a vocabulary)
+
+Written to a temporary directory and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from disca._atomic import atomic_directory
@@ -17,17 +21,28 @@ from disca.models.config import ModelConfig
 FORMAT, VERSION = "disca-checkpoint", 1
 
 
-def save_checkpoint(path, cfg: ModelConfig, dit, predictor=None, extra: dict | None = None) -> Path:
+@dataclass
+class Checkpoint:
+    cfg: ModelConfig
+    dit: object  # VideoDiT
+    predictor: object | None = None  # CachePredictor
+    text: object | None = None  # WordEmbedding
+    extra: dict = field(default_factory=dict)  # what the trainer stored next to the config
+
+
+def save_checkpoint(path, cfg: ModelConfig, dit, predictor=None, text=None, extra: dict | None = None, files=None):
+    """Write a checkpoint atomically. `files`: optional {name: callable(path)} for more files (training state)."""
     from safetensors.torch import save_file
 
     with atomic_directory(path) as tmp:
         meta = {"format": FORMAT, "version": VERSION, "model": cfg.to_dict(), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(tmp / "dit.safetensors"))
-        if predictor is not None:
-            save_file(
-                {k: v.contiguous() for k, v in predictor.state_dict().items()}, str(tmp / "predictor.safetensors")
-            )
+        for name, module in (("dit", dit), ("predictor", predictor), ("text", text)):
+            if module is not None:
+                state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+                save_file(state, str(tmp / f"{name}.safetensors"))
+        for name, write in (files or {}).items():
+            write(tmp / name)
     return Path(path)
 
 
@@ -38,41 +53,52 @@ def read_config(path) -> dict:
         raise CheckpointError(f"{path} is not a disca checkpoint: {cfg_file.name} is missing")
     try:
         meta = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {cfg_file}: {e}") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(f"{cfg_file} is not a version-{VERSION} disca checkpoint")
     return meta
 
 
-def load_checkpoint(path, require_predictor: bool = True):
-    """-> (ModelConfig, VideoDiT, CachePredictor | None), weights loaded, in eval mode."""
+def load_state(module, file: Path) -> None:
+    """Load a safetensors state dict into `module`, naming the keys that do not match."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        state = load_file(str(file))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+    own = module.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{file} does not match its config: {str(e).splitlines()[-1].strip()}") from None
+
+
+def load_checkpoint(path, require_predictor: bool = True) -> Checkpoint:
+    """Weights loaded, modules in eval mode."""
     from disca.models import build
+    from disca.models.text import WordEmbedding
 
     path = Path(path)
-    cfg = ModelConfig.from_dict(read_config(path)["model"])
+    meta = read_config(path)
+    cfg = ModelConfig.from_dict(meta["model"])
     dit, predictor = build(cfg)
-    for name, module in (("dit", dit), ("predictor", predictor)):
+    text = WordEmbedding(cfg.vocab, cfg.dit.text_dim) if cfg.vocab else None
+    for name, module in (("dit", dit), ("predictor", predictor), ("text", text)):
+        if module is None:
+            continue
         file = path / f"{name}.safetensors"
         if not file.is_file():
             if name == "predictor" and not require_predictor:
                 predictor = None
                 continue
             raise CheckpointError(f"{path}: {file.name} is missing")
-        try:
-            state = load_file(str(file))
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f"cannot read {file}: {e}") from None
-        missing, unexpected = module.state_dict().keys() - state.keys(), state.keys() - module.state_dict().keys()
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{file} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-            )
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"{file} does not match its config: {str(e).splitlines()[-1].strip()}") from None
-    return cfg, dit.eval(), predictor.eval() if predictor is not None else None
+        load_state(module, file)
+    extra = {k: v for k, v in meta.items() if k not in ("format", "version", "model")}
+    eval_ = lambda m: m.eval() if m is not None else None  # noqa: E731
+    return Checkpoint(cfg, dit.eval(), eval_(predictor), eval_(text), extra)

@@ -67,6 +67,7 @@ class ModelConfig:
 
     dit: DiTConfig = field(default_factory=DiTConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    vocab: list[str] | None = None  # word-level vocabulary of a learned text embedding (None: external embeddings)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +75,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         try:
-            return cls(dit=_build(DiTConfig, data["dit"]), predictor=_build(PredictorConfig, data["predictor"]))
+            return cls(
+                dit=_build(DiTConfig, data["dit"]),
+                predictor=_build(PredictorConfig, data["predictor"]),
+                vocab=data.get("vocab"),
+            )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"invalid model config: {e}") from None
 

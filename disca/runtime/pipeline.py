@@ -22,7 +22,7 @@ from disca.errors import ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import DiscaPolicy, FullPolicy, Policy, check_anchors
-from disca.runtime.text import hash_embed
+from disca.runtime.text import Vocabulary, hash_embed
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Pipeline:
     def __init__(self, bundle: Bundle, backend: Backend):
         self.bundle = bundle
         self.backend = backend
+        text = bundle.manifest.get("text")
+        self.vocab = Vocabulary(text["vocab"]) if text else None
+        self.text_table = np.load(bundle.path / text["file"]) if text else None
 
     @classmethod
     def load(cls, path, backend: str = "onnxruntime", verify: bool = False, **backend_options) -> Pipeline:
@@ -55,8 +58,10 @@ class Pipeline:
     # ---------------------------------------------------------------- text
 
     def embed_prompt(self, prompt: str) -> np.ndarray:
-        """-> (L, Dt) text-token embeddings for a prompt."""
-        return hash_embed(prompt, self.bundle.text_dim)
+        """-> (L, Dt) text-token embeddings: the bundle's learned table, or hashed words for an untrained model."""
+        if self.vocab is None:
+            return hash_embed(prompt, self.bundle.text_dim)
+        return self.text_table[self.vocab.ids(prompt)]
 
     # ---------------------------------------------------------------- sampling
 

@@ -28,7 +28,8 @@ class TorchBackend(Backend):
         weights = self.bundle.weights_dir
         if weights is None:
             raise BundleError(f"bundle {self.bundle.path} has no PyTorch weights (exported with --no-weights)")
-        _, dit, predictor = load_checkpoint(weights)
+        ckpt = load_checkpoint(weights)
+        dit, predictor = ckpt.dit, ckpt.predictor
         self.torch = torch
         self.full_graph = FullGraph(dit).to(self.device)
         self.predictor_graph = PredictorGraph(dit, predictor).to(self.device)
