@@ -30,8 +30,8 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)  # what the trainer stored next to the config
 
 
-def save_checkpoint(path, cfg: ModelConfig, dit, predictor=None, text=None, extra: dict | None = None, files=None):
-    """Write a checkpoint atomically. `files`: optional {name: callable(path)} for more files (training state)."""
+def save_checkpoint(path, cfg: ModelConfig, dit, predictor=None, text=None, extra: dict | None = None, writers=()):
+    """Write a checkpoint atomically. `writers`: callables(dir) that add more files (e.g. optimizer state)."""
     from safetensors.torch import save_file
 
     with atomic_directory(path) as tmp:
@@ -41,8 +41,8 @@ def save_checkpoint(path, cfg: ModelConfig, dit, predictor=None, text=None, extr
             if module is not None:
                 state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
                 save_file(state, str(tmp / f"{name}.safetensors"))
-        for name, write in (files or {}).items():
-            write(tmp / name)
+        for write in writers:
+            write(tmp)
     return Path(path)
 
 

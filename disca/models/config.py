@@ -98,11 +98,11 @@ PRESETS: dict[str, ModelConfig] = {
         DiTConfig(patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=2, text_dim=16),
         PredictorConfig(depth=1),
     ),
-    # The shipped demo model: 8x32x32 RGB clips in pixel space, CPU-trainable.
+    # The shipped demo model: 8x32x32 RGB clips in pixel space, CPU-trainable (2x4x4 patches: 256 video tokens).
     # Deep and narrow so that the 2-block predictor stays under 5% of the DiT,
     # as it does on the paper's 60-block HunyuanVideo.
     "demo": ModelConfig(
-        DiTConfig(patch_size=(1, 4, 4), hidden_size=64, depth=48, num_heads=4, text_dim=32),
+        DiTConfig(patch_size=(2, 4, 4), hidden_size=64, depth=48, num_heads=4, text_dim=32),
         PredictorConfig(depth=2),
     ),
 }

@@ -90,7 +90,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_features(t, self.freq_dim))  # (B, H)
+        # Features in fp32 (sin/cos of t*1000 lose precision in fp16), then the MLP's own dtype.
+        return self.mlp(timestep_features(t, self.freq_dim).to(self.mlp[0].weight.dtype))  # (B, H)
 
 
 def _mlp(d_in: int, hidden: int) -> nn.Sequential:

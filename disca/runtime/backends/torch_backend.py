@@ -14,6 +14,14 @@ class TorchBackend(Backend):
     def __init__(self, bundle, device: str = "cpu"):
         super().__init__(bundle)
         self.device = device
+        self.modules = None
+
+    @classmethod
+    def from_modules(cls, dit, predictor, device: str = "cpu") -> TorchBackend:
+        """A backend on in-memory modules (no bundle): how training evaluates with the deployed sampler."""
+        backend = cls(None, device)
+        backend.modules = (dit, predictor)
+        return backend
 
     def _activate_impl(self) -> None:
         try:
@@ -25,11 +33,14 @@ class TorchBackend(Backend):
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'disca[torch]'") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"device {self.device} requested but CUDA is not available here")
-        weights = self.bundle.weights_dir
-        if weights is None:
-            raise BundleError(f"bundle {self.bundle.path} has no PyTorch weights (exported with --no-weights)")
-        ckpt = load_checkpoint(weights)
-        dit, predictor = ckpt.dit, ckpt.predictor
+        if self.modules is not None:
+            dit, predictor = self.modules
+        else:
+            weights = self.bundle.weights_dir
+            if weights is None:
+                raise BundleError(f"bundle {self.bundle.path} has no PyTorch weights (exported with --no-weights)")
+            ckpt = load_checkpoint(weights)
+            dit, predictor = ckpt.dit, ckpt.predictor
         self.torch = torch
         self.full_graph = FullGraph(dit).to(self.device)
         self.predictor_graph = PredictorGraph(dit, predictor).to(self.device)

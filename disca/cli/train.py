@@ -1,0 +1,139 @@
+"""`disca-train`: the synthetic task, the teacher, the Restricted MeanFlow student, the cache predictor.
+
+Every training command writes a resumable checkpoint directory to --out: run
+the same command again to continue from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from disca.cli._common import clean_errors
+from disca.cli.export import PRESET_NAMES
+
+
+def train_options(fn):
+    """Options every training stage shares (they fill TrainArgs)."""
+    options = [
+        click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (resumed)."),
+        click.option("--steps", default=2000, show_default=True, help="Total optimizer steps."),
+        click.option("--batch", default=16, show_default=True),
+        click.option("--lr", default=2e-4, show_default=True),
+        click.option("--warmup", default=200, show_default=True),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--frames", default=8, show_default=True, help="Clip frames of the synthetic task."),
+        click.option("--size", default=32, show_default=True, help="Clip height and width."),
+        click.option("--ckpt-every", default=100, show_default=True),
+        click.option("--eval-every", default=500, show_default=True, help="0: evaluate only at the end."),
+        click.option("--eval-n", default=16, show_default=True, help="Clips in the fixed evaluation set."),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        import torch
+
+        from disca.training.loop import TrainArgs
+
+        device = kw.pop("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        names = ("steps", "batch", "lr", "warmup", "seed", "frames", "size", "ckpt_every", "eval_every", "eval_n")
+        args = TrainArgs(**{k: kw.pop(k) for k in names}, device=device)
+        return fn(args=args, **kw)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Train DisCa models on the synthetic text-to-video task.
+
+    \b
+    disca-train data --out data-preview.gif          look at the task, check the evaluator
+    disca-train teacher --out runs/teacher           flow matching, text dropout for CFG
+    disca-train distill --teacher runs/teacher --out runs/student
+    disca-train predictor --student runs/student --out runs/predictor
+    disca-export onnx --checkpoint runs/predictor --out bundles/demo
+    """
+
+
+@main.command("data")
+@click.option("--out", type=click.Path(path_type=Path), help="Write a preview GIF of sample clips.")
+@click.option("--n", default=500, show_default=True, help="Clips to check the evaluator on.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--frames", default=8, show_default=True)
+@click.option("--size", default=32, show_default=True)
+@clean_errors
+def data_cmd(out, n, seed, frames, size):
+    """Sample clips of the task and measure the adherence evaluator on them (clean, and blurred + noisy)."""
+    import numpy as np
+
+    from disca.runtime.video import write
+    from disca.task import degrade, sample_batch, score
+
+    rng = np.random.default_rng(seed)
+    clips, prompts, _ = sample_batch(rng, n, frames, size)
+    for name, batch in (("clean", clips), ("blur+noise", degrade(clips, rng))):
+        s = score(batch, prompts)
+        click.echo(
+            f"evaluator on {n} {name} clips: "
+            + ", ".join(f"{k} {s[k]:.4f}" for k in ("color", "shape", "motion", "all"))
+        )
+    if out is not None:
+        write(out, clips[:8], upscale=4)
+        click.echo(f"wrote {out}: " + "; ".join(prompts[:8]))
+
+
+@main.command("teacher")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="demo", show_default=True)
+@click.option("--text-dropout", default=0.1, show_default=True, help="Fraction of null prompts (for CFG).")
+@click.option("--guidance", default=4.0, show_default=True, help="CFG scale of the evaluation samples.")
+@train_options
+@clean_errors
+def teacher_cmd(args, out, preset, text_dropout, guidance):
+    """Train the flow-matching teacher (r-embedder off) with a learned word embedding."""
+    from disca.models import preset as get_preset
+    from disca.training.teacher import train_teacher
+
+    train_teacher(out, get_preset(preset), args, text_dropout=text_dropout, guidance=guidance)
+
+
+@main.command("distill")
+@click.option("--teacher", "teacher_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--grid-steps", default=20, show_default=True, help="The student's sampling steps.")
+@click.option("--shift", default=5.0, show_default=True)
+@click.option(
+    "--max-gap", default=2, show_default=True, help="Restriction: longest trained (t, r) interval, in grid steps."
+)
+@click.option("--plain", is_flag=True, help="Plain MeanFlow: (t, r) anywhere in [0, 1] (for comparison).")
+@click.option("--guidance", default=4.0, show_default=True, help="CFG scale distilled into the student.")
+@train_options
+@clean_errors
+def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance):
+    """Distill a few-step mean-flow student from the teacher with Restricted MeanFlow."""
+    from disca.training.distill import train_student
+
+    train_student(out, teacher_dir, args, grid_steps, shift, max_gap, plain, guidance)
+
+
+@main.command("predictor")
+@click.option("--student", "student_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--schedule", default="0,1,2,5,9,13,17,19", show_default=True, help="Deployment anchor steps.")
+@click.option("--grid-steps", default=20, show_default=True)
+@click.option("--shift", default=5.0, show_default=True)
+@click.option("--trajectories", default=128, show_default=True, help="Student sampling runs to learn from.")
+@click.option("--adversarial", default=0.0, show_default=True, help="Weight of the adversarial term (0: off).")
+@train_options
+@clean_errors
+def predictor_cmd(args, out, student_dir, schedule, grid_steps, shift, trajectories, adversarial):
+    """Train the cache predictor on the frozen student's own trajectories."""
+    from disca.runtime.schedule import parse_anchors
+    from disca.training.predictor import train_predictor
+
+    train_predictor(
+        out, student_dir, args, parse_anchors(schedule), grid_steps, shift, trajectories, adversarial=adversarial
+    )

@@ -1,0 +1,77 @@
+"""Resumable training state: a checkpoint directory plus the optimizer, written atomically.
+
+    out/config.json  {"model": ..., "stage": "teacher", "step": 1200, "train": {args}, "metrics": {...}}
+    out/*.safetensors model weights (the same layout as any disca checkpoint)
+    out/optimizer.safetensors + out/optimizer.json   optimizer state (tensors, then plain data)
+
+Per-step randomness is derived from (seed, step), so a resumed run continues
+exactly where an uninterrupted one would have gone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from disca.errors import CheckpointError
+from disca.models.checkpoint import Checkpoint, load_checkpoint, read_config, save_checkpoint
+
+
+def step_generators(seed: int, step: int, device="cpu"):
+    """(numpy Generator, torch Generator) for one training step."""
+    import numpy as np
+
+    g = torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63))
+    return np.random.default_rng([seed, step]), g
+
+
+def _optimizer_writer(opt: torch.optim.Optimizer):
+    from safetensors.torch import save_file
+
+    def write(dir_path: Path) -> None:
+        state = opt.state_dict()
+        tensors = {
+            f"{idx}.{key}": (val if torch.is_tensor(val) else torch.tensor(val)).contiguous().cpu()
+            for idx, entry in state["state"].items()
+            for key, val in entry.items()
+        }
+        save_file(tensors, str(dir_path / "optimizer.safetensors"))
+        (dir_path / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"]}))
+
+    return write
+
+
+def save_state(out, ckpt: Checkpoint, opt: torch.optim.Optimizer, stage: str, step: int, train_args: dict, metrics):
+    extra = {**ckpt.extra, "stage": stage, "step": step, "train": train_args, "metrics": metrics}
+    save_checkpoint(out, ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text, extra=extra, writers=[_optimizer_writer(opt)])
+
+
+def load_optimizer(out, opt: torch.optim.Optimizer) -> None:
+    from safetensors.torch import load_file
+
+    out = Path(out)
+    try:
+        tensors = load_file(str(out / "optimizer.safetensors"))
+        groups = json.loads((out / "optimizer.json").read_text())["param_groups"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot resume from {out}: optimizer state unreadable ({e})") from None
+    state: dict = {}
+    for name, val in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def resume_point(out, stage: str) -> tuple[Checkpoint, int] | None:
+    """The checkpoint and step to resume a `stage` run in `out` from, or None for a fresh run."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        if out.exists() and any(out.iterdir()):
+            raise CheckpointError(f"{out} exists and is not a disca checkpoint: choose another --out")
+        return None
+    meta = read_config(out)
+    if meta.get("stage") != stage:
+        raise CheckpointError(f"{out} holds a {meta.get('stage')!r} run, not {stage!r}: choose another --out")
+    return load_checkpoint(out, require_predictor=stage == "predictor"), int(meta["step"])

@@ -1,0 +1,151 @@
+"""Training on tiny models: the math (MeanFlow target, restricted times), resumption, and the CLI's errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from disca.cli.train import main as train_cli
+from disca.models import preset, randomize_
+from disca.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from disca.models.text import WordEmbedding
+from disca.training.distill import meanflow_target, sample_times, student_from_teacher, train_student
+from disca.training.flow import grid
+from disca.training.loop import TrainArgs
+from disca.training.predictor import schedule_pairs, train_predictor
+from disca.training.teacher import teacher_config, train_teacher
+
+TINY = dict(batch=2, frames=2, size=16, ckpt_every=2, eval_every=0, eval_n=2, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A tiny teacher checkpoint with random weights (so that every output is non-trivial)."""
+    cfg = teacher_config(preset("tiny"))
+    from disca.models import VideoDiT
+
+    dit = randomize_(VideoDiT(cfg.dit), 3)
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    save_checkpoint(path, cfg, dit, text=WordEmbedding(cfg.vocab, cfg.dit.text_dim), extra={"stage": "teacher"})
+    return path
+
+
+def test_student_equals_teacher_at_r_equal_t(tiny_teacher):
+    teacher = load_checkpoint(tiny_teacher, require_predictor=False)
+    student = student_from_teacher(teacher).dit
+    z, t, text = torch.randn(2, 3, 2, 8, 8), torch.rand(2), torch.randn(2, 5, 16)
+    torch.testing.assert_close(student(z, t, t, text), teacher.dit(z, t, t, text))
+    assert not torch.allclose(student(z, t, t * 0.3, text), teacher.dit(z, t, t, text))
+
+
+def test_meanflow_target_matches_finite_differences(tiny_teacher):
+    """u_tgt = v - (t - r)(v du/dz + du/dt): the JVP against a central difference in float64."""
+    student = student_from_teacher(load_checkpoint(tiny_teacher, require_predictor=False)).dit.double()
+    g = torch.Generator().manual_seed(0)
+    z, v = (
+        torch.randn(2, 3, 2, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 2, 8, 8, generator=g).double(),
+    )
+    t, r, text = torch.tensor([0.8, 0.5]).double(), torch.tensor([0.6, 0.1]).double(), torch.randn(2, 5, 16).double()
+    u, target = meanflow_target(student, z, t, r, v, text)
+    eps = 1e-4  # timestep features are computed in float32: a larger step than float64 alone would need
+    f = lambda z_, t_: student(z_, t_, r, text)  # noqa: E731
+    dudt = (f(z + eps * v, t + eps) - f(z - eps * v, t - eps)) / (2 * eps)
+    fd_target = v - (t - r).view(-1, 1, 1, 1, 1) * dudt
+    assert torch.linalg.norm(target - fd_target) / torch.linalg.norm(fd_target) < 1e-2
+    torch.testing.assert_close(u, student(z, t, r, text))
+
+
+def test_restricted_times_are_grid_neighbours():
+    sig = grid(20, 5.0)
+    t, r = sample_times(
+        4000, torch.Generator().manual_seed(0), sig, max_gap=2, plain=False, equal_frac=0.25, device="cpu"
+    )
+    it = torch.searchsorted(-sig, -t)
+    ir = torch.searchsorted(-sig, -r)
+    assert torch.all(sig[it] == t) and torch.all(sig[ir] == r)  # on the grid
+    gaps = ir - it
+    assert set(gaps.tolist()) == {0, 1, 2}  # neighbours at most 2 apart (0: r = t)
+    assert 0.2 < (gaps == 0).float().mean() < 0.45
+    t, r = sample_times(4000, torch.Generator().manual_seed(0), sig, 2, plain=True, equal_frac=0.0, device="cpu")
+    assert torch.all(r <= t) and (t - r).max() > 0.5  # plain MeanFlow also trains long jumps
+
+
+def test_schedule_pairs_follow_the_deployment_gaps():
+    assert schedule_pairs([0, 1, 2, 5, 9], 12) == [(2, 3), (2, 4), (5, 6), (5, 7), (5, 8), (9, 10), (9, 11)]
+
+
+def _weights(path):
+    ck = load_checkpoint(path, require_predictor=False)
+    return torch.cat([p.flatten() for m in (ck.dit, ck.predictor, ck.text) if m is not None for p in m.parameters()])
+
+
+def test_teacher_resume_is_exact(tmp_path):
+    base = preset("tiny")
+    train_teacher(tmp_path / "a", base, TrainArgs(steps=4, **TINY))
+    train_teacher(tmp_path / "b", base, TrainArgs(steps=2, **TINY))
+    train_teacher(tmp_path / "b", base, TrainArgs(steps=4, **TINY))  # resumed from step 2
+    torch.testing.assert_close(_weights(tmp_path / "a"), _weights(tmp_path / "b"), rtol=0, atol=0)
+    meta = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert meta["stage"] == "teacher" and meta["step"] == 4 and "adherence" in meta["metrics"]
+
+
+def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
+    train_student(tmp_path / "s", tiny_teacher, TrainArgs(steps=2, **TINY), grid_steps=4)
+    before = _weights(tmp_path / "s")
+    train_student(tmp_path / "s", tiny_teacher, TrainArgs(steps=3, **TINY), grid_steps=4)
+    assert not torch.equal(before, _weights(tmp_path / "s"))
+    metrics = train_predictor(
+        tmp_path / "p",
+        tmp_path / "s",
+        TrainArgs(steps=2, **TINY),
+        anchors=[0, 2],
+        steps=4,
+        trajectories=4,
+        adversarial=0.1,
+    )
+    assert {"adherence_full", "adherence_disca", "psnr_disca_vs_full"} <= set(metrics)
+    ck = load_checkpoint(tmp_path / "p")
+    assert ck.predictor is not None and ck.text is not None and ck.cfg.dit.mean_flow
+
+
+def test_trained_checkpoint_exports_with_its_text_table(tiny_teacher, tmp_path):
+    from disca.exporter import export_bundle
+    from disca.runtime import Pipeline
+
+    teacher = load_checkpoint(tiny_teacher, require_predictor=False)
+    student = student_from_teacher(teacher)
+    from disca.models import CachePredictor
+
+    ck = Checkpoint(
+        student.cfg, student.dit, randomize_(CachePredictor(student.cfg.dit, student.cfg.predictor)), teacher.text
+    )
+    ranges = {"batch": [1, 1, 2], "frames": [1, 2, 2], "height": [4, 8, 8], "width": [4, 8, 8], "text_len": [1, 5, 5]}
+    from disca.spec import ShapeRanges
+
+    out = export_bundle(ck.cfg, ck.dit, ck.predictor, tmp_path / "b", text=ck.text, ranges=ShapeRanges(**ranges))
+    with Pipeline.load(out) as pipe:
+        emb = pipe.embed_prompt("a red circle moving left")
+        expected = teacher.text.encode(["a red circle moving left"])[0].detach().numpy()
+        np.testing.assert_allclose(emb, expected)
+        with pytest.raises(Exception, match="unknown word 'purple'.*known words: a, red"):
+            pipe.embed_prompt("a purple circle moving left")
+
+
+def test_train_cli_errors(tmp_path, tiny_teacher):
+    runner = CliRunner()
+    r = runner.invoke(train_cli, ["distill", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 1 and "config.json is missing" in r.output
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("mine")
+    r = runner.invoke(train_cli, ["teacher", "--preset", "tiny", "--out", str(tmp_path / "junk"), "--steps", "1"])
+    assert r.exit_code == 1 and "is not a disca checkpoint: choose another --out" in r.output
+    assert (tmp_path / "junk" / "file.txt").read_text() == "mine"
+    r = runner.invoke(
+        train_cli, ["distill", "--teacher", str(tiny_teacher), "--out", str(tiny_teacher), "--steps", "1"]
+    )
+    assert r.exit_code == 1 and "holds a 'teacher' run, not 'distill'" in r.output
+    r = runner.invoke(train_cli, ["predictor", "--student", str(tiny_teacher), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 1 and "is not a distilled student" in r.output
