@@ -15,14 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from disca.cli._common import clean_errors
-from disca.runtime import Pipeline
+from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
 from disca.runtime.schedule import parse_anchors
 from disca.runtime.video import check_path, write
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--prompt", help="Text prompt.")
 @click.option("--text-embeddings", type=click.Path(path_type=Path), help="Precomputed text embeddings (L, Dt) .npy.")
 @click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
@@ -70,7 +70,8 @@ def main(
     verify,
     as_json,
 ):
-    """Generate a video from BUNDLE: anchor steps run the full DiT, the others the cache predictor.
+    """Generate a video from BUNDLE (default: the demo model shipped with disca): anchor steps run
+    the full DiT, the others the cache predictor.
 
     \b
     Examples:
@@ -78,6 +79,8 @@ def main(
       disca-run bundles/demo --prompt "a red circle moving left" --schedule full --json
       disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
     """
+    if bundle is None:
+        bundle = demo_bundle()
     if (prompt is None) == (text_embeddings is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
     if out is not None:

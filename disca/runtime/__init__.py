@@ -1,6 +1,6 @@
 """The deploy side: bundle -> backend -> DisCa sampling. Needs numpy + onnxruntime only."""
 
-from disca.runtime.pipeline import Pipeline, Result
+from disca.runtime.pipeline import Pipeline, Result, demo_bundle
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import DEFAULT_SCHEDULE, DiscaPolicy, FullPolicy, check_anchors, sigmas
 
@@ -12,6 +12,7 @@ __all__ = [
     "Result",
     "RunStats",
     "check_anchors",
+    "demo_bundle",
     "denoise",
     "sigmas",
 ]

@@ -14,15 +14,26 @@ with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from disca.bundle import Bundle
-from disca.errors import ShapeError
+from disca.errors import BundleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import DiscaPolicy, FullPolicy, Policy, check_anchors
 from disca.runtime.text import Vocabulary, hash_embed
+
+
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
+
+
+def demo_bundle() -> Path:
+    """The bundle of the trained demo model that ships inside the package."""
+    if not (DEMO_BUNDLE / "manifest.json").is_file():
+        raise BundleError(f"this install has no demo bundle at {DEMO_BUNDLE}: give a BUNDLE path")
+    return DEMO_BUNDLE
 
 
 @dataclass
