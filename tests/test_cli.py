@@ -91,21 +91,7 @@ def test_run_takes_text_embeddings_and_full_schedule(tiny_bundle, tmp_path):
 )
 def test_run_user_errors_are_one_line(tiny_bundle, args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = [
-        "--prompt",
-        "a red circle",
-        "--steps",
-        "4",
-        "--schedule",
-        "0,2",
-        "--frames",
-        "2",
-        "--height",
-        "8",
-        "--width",
-        "8",
-    ]
-    line = error_line(invoke(run_cli, [tiny_bundle, *base, *args]))
+    line = error_line(invoke(run_cli, [tiny_bundle, *RUN, *args]))
     assert message in line
     assert not list(tmp_path.iterdir())  # nothing written
 

@@ -80,6 +80,21 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def init_linears(module: nn.Module) -> None:
+    """Xavier for every linear map, zero biases, as in DiT."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def zero_modulation(blocks) -> None:
+    """Zero the adaLN modulation so each block starts as the identity (adaLN-Zero)."""
+    for block in blocks:
+        nn.init.zeros_(block.modulation.weight)
+        nn.init.zeros_(block.modulation.bias)
+
+
 # ---------------------------------------------------------------- embedders
 
 
@@ -167,11 +182,7 @@ class VideoDiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        # Xavier for every linear map, as in DiT.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
         # Patch embedding like a linear layer over the flattened patch.
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -181,10 +192,7 @@ class VideoDiT(nn.Module):
             if emb is not None:
                 nn.init.normal_(emb.mlp[0].weight, std=0.02)
                 nn.init.normal_(emb.mlp[2].weight, std=0.02)
-        # Zero the adaLN modulation so each block starts as the identity (adaLN-Zero).
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation.weight)
-            nn.init.zeros_(block.modulation.bias)
+        zero_modulation(self.blocks)
         # Zero the output so the untrained model predicts zero velocity.
         for m in (self.final.modulation, self.final.linear):
             nn.init.zeros_(m.weight)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from disca.models.config import DiTConfig, PredictorConfig
-from disca.models.dit import Block, Rope
+from disca.models.dit import Block, Rope, init_linears, zero_modulation
 
 
 class CachePredictor(nn.Module):
@@ -31,15 +31,8 @@ class CachePredictor(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        # Xavier for every linear map, as in the DiT.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        # adaLN-Zero: the blocks start as the identity, so the untrained predictor is the fusion MLP.
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation.weight)
-            nn.init.zeros_(block.modulation.bias)
+        init_linears(self)
+        zero_modulation(self.blocks)  # the untrained predictor is the fusion MLP
 
     def forward(self, tokens: torch.Tensor, cached: torch.Tensor, vec: torch.Tensor, rope: Rope) -> torch.Tensor:
         x = self.fusion(torch.cat([tokens, cached], dim=-1))  # (B, N, 2H) -> (B, N, H)

@@ -25,7 +25,6 @@ from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import DiscaPolicy, FullPolicy, Policy, check_anchors
 from disca.runtime.text import Vocabulary, hash_embed
 
-
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
 
 
