@@ -37,7 +37,7 @@ def test_stages_compose_to_forward_with_expected_shapes(tiny_model):
     assert vec.shape == (2, cfg.dit.hidden_size)
     assert rope[0].shape == (n, cfg.dit.head_dim // 2)
     hidden = dit.trunk(tokens, vec, rope)
-    velocity = dit.head(hidden, vec, dit.grid(latent))
+    velocity = dit.head(hidden, vec, latent, t)
     assert velocity.shape == latent.shape
     torch.testing.assert_close(velocity, dit(latent, t, r, text))
 

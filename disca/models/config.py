@@ -25,6 +25,10 @@ class DiTConfig:
     mean_flow: bool = True  # second timestep embedder for r (False = ordinary flow-matching teacher)
     time_combine: str = "mean"  # how emb_t and emb_r combine: "mean" (HunyuanVideo-1.0) or "sum" (1.5)
     freq_dim: int = 256  # sinusoidal timestep features before the embedder MLP
+    # What the final layer predicts: "velocity", or "x" (the clean latent, turned into the velocity in-graph as
+    # v = (z - x) / t). x-prediction suits pixel-space models whose patches are wider than the hidden size:
+    # noise does not fit through the bottleneck, clean images do (Li & He 2025, "Back to Basics").
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
@@ -35,6 +39,8 @@ class DiTConfig:
         axes = self.resolved_rope_axes
         if sum(axes) != self.head_dim or any(a % 2 for a in axes):
             raise ConfigError(f"rope_axes {axes} must be even and sum to head_dim {self.head_dim}")
+        if self.prediction not in ("velocity", "x"):
+            raise ConfigError(f"prediction must be 'velocity' or 'x', got {self.prediction!r}")
         if self.time_combine not in ("mean", "sum"):
             raise ConfigError(f"time_combine must be 'mean' or 'sum', got {self.time_combine!r}")
 
@@ -102,7 +108,7 @@ PRESETS: dict[str, ModelConfig] = {
     # Deep and narrow so that the 2-block predictor stays under 5% of the DiT,
     # as it does on the paper's 60-block HunyuanVideo.
     "demo": ModelConfig(
-        DiTConfig(patch_size=(2, 4, 4), hidden_size=64, depth=48, num_heads=4, text_dim=32),
+        DiTConfig(patch_size=(2, 4, 4), hidden_size=64, depth=48, num_heads=4, text_dim=32, prediction="x"),
         PredictorConfig(depth=2),
     ),
 }

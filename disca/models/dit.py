@@ -11,7 +11,7 @@ embedding as in the official DisCa HunyuanVideo-1.0 code (their mean).
 The network is split into the three stages DisCa needs:
     embed(latent, t, r, text) -> tokens, vec, rope
     trunk(tokens, vec, rope)  -> hidden     (the cached features)
-    head(hidden, vec, grid)   -> velocity
+    head(hidden, vec, latent, t) -> velocity
 and knows nothing about the diffusion process.
 """
 
@@ -29,6 +29,14 @@ Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (N, head_dim // 2)
 
 
 # ---------------------------------------------------------------- helpers
+
+
+X_PRED_MIN_T = 0.05  # x-prediction: v = (z - x) / max(t, this), so that t -> 0 stays finite
+
+
+def expand_time(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast over a latent."""
+    return t.view(-1, *([1] * (like.ndim - 1)))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -224,16 +232,27 @@ class VideoDiT(nn.Module):
             tokens = block(tokens, vec, rope)
         return tokens
 
-    def head(self, hidden, vec, grid) -> torch.Tensor:
-        """Final adaLN layer + unpatchify of the video tokens: -> (B, C, F, H, W)."""
+    def head(self, hidden, vec, latent, t) -> torch.Tensor:
+        """Final adaLN layer + unpatchify of the video tokens -> velocity (B, C, F, H, W).
+
+        The latent and t are read only by an x-prediction model, to turn its clean-latent output into a velocity.
+        """
+        f, h, w = grid = self.grid(latent)
+        out = self._unpatchify(self.final(hidden[:, : f * h * w], vec), grid)  # (B, C, F, H, W)
+        if self.cfg.prediction == "x":
+            t = expand_time(t.clamp(min=X_PRED_MIN_T).to(out.dtype), out)
+            return (latent - out) / t
+        return out
+
+    def _unpatchify(self, x, grid) -> torch.Tensor:
+        """(B, Nv, p*C) -> (B, C, F, H, W)"""
         f, h, w = grid
         pf, ph, pw = self.cfg.patch_size
-        B = hidden.shape[0]
-        x = self.final(hidden[:, : f * h * w], vec)  # (B, Nv, p*C)
+        B = x.shape[0]
         x = x.reshape(B, f, h, w, self.cfg.in_channels, pf, ph, pw)
         x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, f, pf, h, ph, w, pw)
         return x.reshape(B, self.cfg.in_channels, f * pf, h * ph, w * pw)
 
     def forward(self, latent, t, r, text) -> torch.Tensor:
         tokens, vec, rope = self.embed(latent, t, r, text)
-        return self.head(self.trunk(tokens, vec, rope), vec, self.grid(latent))
+        return self.head(self.trunk(tokens, vec, rope), vec, latent, t)

@@ -23,7 +23,7 @@ class FullGraph(nn.Module):
     def forward(self, latent, t, r, text):
         tokens, vec, rope = self.dit.embed(latent, t, r, text)
         hidden = self.dit.trunk(tokens, vec, rope)  # (B, N, H): the cache
-        return self.dit.head(hidden, vec, self.dit.grid(latent)), hidden
+        return self.dit.head(hidden, vec, latent, t), hidden
 
 
 class PredictorGraph(nn.Module):
@@ -35,4 +35,4 @@ class PredictorGraph(nn.Module):
     def forward(self, latent, t, r, text, hidden):
         tokens, vec, rope = self.dit.embed(latent, t, r, text)
         predicted = self.predictor(tokens, hidden, vec, rope)  # (B, N, H)
-        return self.dit.head(predicted, vec, self.dit.grid(latent))
+        return self.dit.head(predicted, vec, latent, t)

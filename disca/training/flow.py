@@ -10,12 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from disca.models.dit import expand_time as expand
 from disca.runtime.schedule import sigmas
-
-
-def expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1, 1) to broadcast over a latent."""
-    return t.view(-1, *([1] * (like.ndim - 1)))
 
 
 def noisy(x: torch.Tensor, e: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -65,7 +61,7 @@ def student_trajectory(dit, noise, text, steps: int, shift: float):
         hidden = dit.trunk(tokens, vec, rope)
         inputs.append(x)
         hiddens.append(hidden)
-        x = x + (s[i + 1] - s[i]) * dit.head(hidden, vec, dit.grid(x))
+        x = x + (s[i + 1] - s[i]) * dit.head(hidden, vec, x, t)
     return x, torch.stack(inputs), torch.stack(hiddens)
 
 

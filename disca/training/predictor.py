@@ -113,8 +113,7 @@ def train_predictor(
         feat = torch.mean((pred - target) ** 2)
         loss, logs = feat, {"feat": feat.item()}
         if velocity_weight:
-            grid_ = dit.grid(x)
-            vel = torch.mean((dit.head(pred, vec, grid_) - dit.head(target, vec, grid_)) ** 2)
+            vel = torch.mean((dit.head(pred, vec, x, t) - dit.head(target, vec, x, t)) ** 2)
             loss = loss + velocity_weight * vel
             logs["vel"] = vel.item()
         if disc is not None:
