@@ -135,3 +135,19 @@ def test_checkpoint_errors_name_the_problem(tiny_model, tmp_path):
     (tmp_path / "other" / "config.json").write_text((path / "config.json").read_text())
     with pytest.raises(CheckpointError, match="does not match its config"):
         load_checkpoint(tmp_path / "other", require_predictor=False)
+
+
+def test_x_prediction_head_returns_the_velocity_toward_its_clean_estimate(tiny_model):
+    cfg = preset("tiny")
+    cfg.dit.prediction = "x"
+    dit = randomize_(VideoDiT(cfg.dit), 5)
+    latent, t, r, text = _inputs(cfg)
+    t = torch.tensor([0.7, 0.01])  # the second is below the clamp
+    tokens, vec, rope = dit.embed(latent, t, r, text)
+    hidden = dit.trunk(tokens, vec, rope)
+    v = dit.head(hidden, vec, latent, t)
+    cfg.dit.prediction = "velocity"  # the same weights read as a velocity model give the raw clean estimate
+    raw = VideoDiT(cfg.dit)
+    raw.load_state_dict(dit.state_dict())
+    x_hat = raw.head(hidden, vec, latent, t)
+    torch.testing.assert_close(v, (latent - x_hat) / torch.tensor([0.7, 0.05]).view(-1, 1, 1, 1, 1))

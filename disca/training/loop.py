@@ -54,8 +54,9 @@ def train(
     console = console or Console(stderr=True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     if start_step > 0:
-        load_optimizer(out, opt)
-        console.print(f"resuming {stage} from step {start_step} in {out}")
+        restored = load_optimizer(out, opt)
+        note = "" if restored else " (no optimizer state saved: a fresh optimizer)"
+        console.print(f"resuming {stage} from step {start_step} in {out}{note}")
     train_args = {**args.to_dict(), **(extra_args or {})}
     metrics = ckpt.extra.get("metrics", {})
     progress = Progress(

@@ -48,10 +48,13 @@ def save_state(out, ckpt: Checkpoint, opt: torch.optim.Optimizer, stage: str, st
     save_checkpoint(out, ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text, extra=extra, writers=[_optimizer_writer(opt)])
 
 
-def load_optimizer(out, opt: torch.optim.Optimizer) -> None:
+def load_optimizer(out, opt: torch.optim.Optimizer) -> bool:
+    """Restore the optimizer saved in `out`. -> False if `out` has none (weights-only checkpoint)."""
     from safetensors.torch import load_file
 
     out = Path(out)
+    if not (out / "optimizer.safetensors").is_file():
+        return False
     try:
         tensors = load_file(str(out / "optimizer.safetensors"))
         groups = json.loads((out / "optimizer.json").read_text())["param_groups"]
@@ -62,6 +65,7 @@ def load_optimizer(out, opt: torch.optim.Optimizer) -> None:
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = val
     opt.load_state_dict({"state": state, "param_groups": groups})
+    return True
 
 
 def resume_point(out, stage: str) -> tuple[Checkpoint, int] | None:
