@@ -92,6 +92,17 @@ def test_teacher_resume_is_exact(tmp_path):
     assert meta["stage"] == "teacher" and meta["step"] == 4 and "adherence" in meta["metrics"]
 
 
+def test_resume_from_a_weights_only_checkpoint(tmp_path):
+    base = preset("tiny")
+    train_teacher(tmp_path / "t", base, TrainArgs(steps=2, **TINY))
+    before = _weights(tmp_path / "t")
+    for f in ("optimizer.safetensors", "optimizer.json"):
+        (tmp_path / "t" / f).unlink()
+    train_teacher(tmp_path / "t", base, TrainArgs(steps=3, **TINY))
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["step"] == 3
+    assert not torch.equal(before, _weights(tmp_path / "t"))
+
+
 def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
     train_student(tmp_path / "s", tiny_teacher, TrainArgs(steps=2, **TINY), grid_steps=4)
     before = _weights(tmp_path / "s")

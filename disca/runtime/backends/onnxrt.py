@@ -90,4 +90,4 @@ class OnnxRuntimeBackend(Backend):
         return velocity.numpy()
 
     def to_numpy(self, x) -> np.ndarray:
-        return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
+        return x if isinstance(x, np.ndarray) else x.numpy()  # velocities are numpy, the cache an OrtValue
