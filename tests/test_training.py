@@ -92,6 +92,26 @@ def test_teacher_resume_is_exact(tmp_path):
     assert meta["stage"] == "teacher" and meta["step"] == 4 and "adherence" in meta["metrics"]
 
 
+def test_ema_is_saved_resumed_exactly_and_loaded_by_default(tmp_path):
+    base = preset("tiny")
+    args = dict(TINY, ema=0.5)
+    train_teacher(tmp_path / "a", base, TrainArgs(steps=4, **args))
+    train_teacher(tmp_path / "b", base, TrainArgs(steps=2, **args))
+    train_teacher(tmp_path / "b", base, TrainArgs(steps=4, **args))
+    from safetensors.torch import load_file
+
+    ema_a, ema_b = (
+        load_file(str(tmp_path / "a" / "ema.safetensors")),
+        load_file(str(tmp_path / "b" / "ema.safetensors")),
+    )
+    assert ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    raw = load_checkpoint(tmp_path / "a", require_predictor=False, ema=False)
+    smooth = load_checkpoint(tmp_path / "a", require_predictor=False)
+    key = "blocks.0.linear1.weight"
+    torch.testing.assert_close(smooth.dit.state_dict()[key], ema_a[f"dit.{key}"])
+    assert not torch.equal(raw.dit.state_dict()[key], smooth.dit.state_dict()[key])
+
+
 def test_resume_from_a_weights_only_checkpoint(tmp_path):
     base = preset("tiny")
     train_teacher(tmp_path / "t", base, TrainArgs(steps=2, **TINY))

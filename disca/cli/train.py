@@ -6,6 +6,7 @@ the same command again to continue from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def train_options(fn):
         click.option("--ckpt-every", default=100, show_default=True),
         click.option("--eval-every", default=500, show_default=True, help="0: evaluate only at the end."),
         click.option("--eval-n", default=16, show_default=True, help="Clips in the fixed evaluation set."),
+        click.option("--ema", default=0.999, show_default=True, help="EMA decay of the weights (0: off)."),
         click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
     ]
     for option in reversed(options):
@@ -41,8 +43,8 @@ def train_options(fn):
         from disca.training.loop import TrainArgs
 
         device = kw.pop("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        names = ("steps", "batch", "lr", "warmup", "seed", "frames", "size", "ckpt_every", "eval_every", "eval_n")
-        args = TrainArgs(**{k: kw.pop(k) for k in names}, device=device)
+        fields = [f.name for f in dataclasses.fields(TrainArgs) if f.name != "device"]
+        args = TrainArgs(**{k: kw.pop(k) for k in fields if k in kw}, device=device)
         return fn(args=args, **kw)
 
     return wrapper

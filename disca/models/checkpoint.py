@@ -4,6 +4,8 @@
     dit.safetensors        VideoDiT state dict
     predictor.safetensors  CachePredictor state dict (optional: a teacher has none)
     text.safetensors       WordEmbedding state dict (when the config has a vocabulary)
+    ema.safetensors        exponential moving average of the trained parameters, keyed "<module>.<param>"
+                           (training runs with --ema; loaded in place of the raw weights by default)
 
 Written to a temporary directory and renamed into place.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from disca._atomic import atomic_directory
 from disca.errors import CheckpointError
@@ -79,8 +83,14 @@ def load_state(module, file: Path) -> None:
         raise CheckpointError(f"{file} does not match its config: {str(e).splitlines()[-1].strip()}") from None
 
 
-def load_checkpoint(path, require_predictor: bool = True) -> Checkpoint:
-    """Weights loaded, modules in eval mode."""
+def named_parameters(ckpt: Checkpoint) -> dict:
+    """{"dit.blocks.0.linear1.weight": param, ...} over the checkpoint's modules."""
+    modules = {"dit": ckpt.dit, "predictor": ckpt.predictor, "text": ckpt.text}
+    return {f"{m}.{n}": p for m, module in modules.items() if module is not None for n, p in module.named_parameters()}
+
+
+def load_checkpoint(path, require_predictor: bool = True, ema: bool = True) -> Checkpoint:
+    """Weights loaded (the EMA weights where the run kept them, unless ema=False), modules in eval mode."""
     from disca.models import build
     from disca.models.text import WordEmbedding
 
@@ -101,4 +111,13 @@ def load_checkpoint(path, require_predictor: bool = True) -> Checkpoint:
         load_state(module, file)
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "model")}
     eval_ = lambda m: m.eval() if m is not None else None  # noqa: E731
-    return Checkpoint(cfg, dit.eval(), eval_(predictor), eval_(text), extra)
+    ckpt = Checkpoint(cfg, dit.eval(), eval_(predictor), eval_(text), extra)
+    if ema and (path / "ema.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        params = named_parameters(ckpt)
+        with torch.no_grad():
+            for name, value in load_file(str(path / "ema.safetensors")).items():
+                if name in params:
+                    params[name].copy_(value)
+    return ckpt

@@ -6,6 +6,7 @@ except the writer (wrap the model, write from rank 0).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -15,8 +16,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from disca.models.checkpoint import Checkpoint
-from disca.training.state import load_optimizer, save_state, step_generators
+from disca.models.checkpoint import Checkpoint, named_parameters
+from disca.training.state import load_ema, load_optimizer, save_state, step_generators
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TrainArgs:
     ckpt_every: int = 100
     eval_every: int = 500  # 0: only at the end
     eval_n: int = 16  # clips in the evaluation set (fixed prompts and seeds)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated and exported
     device: str = "cpu"
 
     def to_dict(self) -> dict:
@@ -57,6 +59,7 @@ def train(
         restored = load_optimizer(out, opt)
         note = "" if restored else " (no optimizer state saved: a fresh optimizer)"
         console.print(f"resuming {stage} from step {start_step} in {out}{note}")
+    ema = _init_ema(out, ckpt, params, args.ema, start_step)
     train_args = {**args.to_dict(), **(extra_args or {})}
     metrics = ckpt.extra.get("metrics", {})
     progress = Progress(
@@ -81,6 +84,9 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(ema.values()), [p.detach() for p in params], 1 - args.ema)
             ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
             now = time.perf_counter()
             rate = args.batch / max(now - t_last, 1e-9)
@@ -92,11 +98,42 @@ def train(
                 console.print(f"{stage} step {step + 1}/{args.steps}: {info}")
             last = step + 1 == args.steps
             if (args.eval_every and (step + 1) % args.eval_every == 0) or last:
-                metrics = {"step": step + 1, **evaluate()}
+                with _swapped(params, ema):
+                    metrics = {"step": step + 1, **evaluate()}
                 console.print(f"[cyan]eval[/cyan] {stage} step {step + 1}: " + _fmt(metrics))
             if (step + 1) % args.ckpt_every == 0 or last:
-                save_state(out, ckpt, opt, stage, step + 1, train_args, metrics)
+                save_state(out, ckpt, opt, stage, step + 1, train_args, metrics, ema)
     return metrics
+
+
+def _init_ema(out, ckpt: Checkpoint, params, decay: float, start_step: int) -> dict | None:
+    """{param name: EMA tensor} (resumed from `out` when it has one), or None when EMA is off."""
+    if not decay:
+        return None
+    names = {id(p): n for n, p in named_parameters(ckpt).items()}
+    keys = [names[id(p)] for p in params]
+    saved = load_ema(out, keys) if start_step > 0 else None
+    if saved is not None:
+        return {k: saved[k].to(p.device) for k, p in zip(keys, params)}
+    return {k: p.detach().clone() for k, p in zip(keys, params)}
+
+
+@contextlib.contextmanager
+def _swapped(params, ema: dict | None):
+    """Evaluate with the EMA weights, then put the raw ones back."""
+    if ema is None:
+        yield
+        return
+    raw = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, ema.values()):
+            p.copy_(e)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, r in zip(params, raw):
+                p.copy_(r)
 
 
 def _fmt(metrics: dict) -> str:

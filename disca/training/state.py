@@ -43,9 +43,30 @@ def _optimizer_writer(opt: torch.optim.Optimizer):
     return write
 
 
-def save_state(out, ckpt: Checkpoint, opt: torch.optim.Optimizer, stage: str, step: int, train_args: dict, metrics):
+def _ema_writer(ema: dict):
+    from safetensors.torch import save_file
+
+    def write(dir_path: Path) -> None:
+        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(dir_path / "ema.safetensors"))
+
+    return write
+
+
+def save_state(out, ckpt: Checkpoint, opt, stage: str, step: int, train_args: dict, metrics, ema=None):
     extra = {**ckpt.extra, "stage": stage, "step": step, "train": train_args, "metrics": metrics}
-    save_checkpoint(out, ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text, extra=extra, writers=[_optimizer_writer(opt)])
+    writers = [_optimizer_writer(opt)] + ([_ema_writer(ema)] if ema else [])
+    save_checkpoint(out, ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text, extra=extra, writers=writers)
+
+
+def load_ema(out, names: list[str]) -> dict | None:
+    """The EMA tensors saved in `out` for these parameter names, or None."""
+    from safetensors.torch import load_file
+
+    file = Path(out) / "ema.safetensors"
+    if not file.is_file():
+        return None
+    saved = load_file(str(file))
+    return {n: saved[n] for n in names} if all(n in saved for n in names) else None
 
 
 def load_optimizer(out, opt: torch.optim.Optimizer) -> bool:
@@ -78,4 +99,4 @@ def resume_point(out, stage: str) -> tuple[Checkpoint, int] | None:
     meta = read_config(out)
     if meta.get("stage") != stage:
         raise CheckpointError(f"{out} holds a {meta.get('stage')!r} run, not {stage!r}: choose another --out")
-    return load_checkpoint(out, require_predictor=stage == "predictor"), int(meta["step"])
+    return load_checkpoint(out, require_predictor=stage == "predictor", ema=False), int(meta["step"])
