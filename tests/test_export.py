@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from disca._atomic import atomic_directory
+from disca._atomic import atomic_directory, current_umask
 from disca.bundle import Bundle
 from disca.errors import ParityError, ShapeError
 from disca.exporter import export_bundle, export_shapes
@@ -98,6 +98,7 @@ def test_atomic_directory_keeps_the_old_one_on_failure(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's private 0700
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 

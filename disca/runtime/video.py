@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from disca._atomic import current_umask
 from disca.errors import DiscaError
 
 FORMATS = (".gif", ".mp4", ".npy")
@@ -55,6 +56,7 @@ def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
                 imageio.mimsave(tmp, list(frames), format="GIF", duration=1000 / fps, loop=0)
             else:
                 imageio.mimsave(tmp, list(frames), format="FFMPEG", fps=fps, macro_block_size=1)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the output should not be
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
