@@ -7,20 +7,8 @@ from click.testing import CliRunner
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
 
-RUN = [
-    "--prompt",
-    "a red circle moving left",
-    "--steps",
-    "4",
-    "--schedule",
-    "0,2",
-    "--frames",
-    "2",
-    "--height",
-    "8",
-    "--width",
-    "8",
-]
+SHAPE = ["--frames", "2", "--height", "8", "--width", "8"]
+RUN = ["--prompt", "a red circle moving left", "--steps", "4", "--schedule", "0,2", *SHAPE]
 
 
 def invoke(cli, args):
@@ -59,20 +47,8 @@ def test_run_writes_a_gif_and_prints_a_summary(tiny_bundle, tmp_path):
 def test_run_takes_text_embeddings_and_full_schedule(tiny_bundle, tmp_path):
     np.save(tmp_path / "emb.npy", np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32))
     args = [
-        tiny_bundle,
-        "--text-embeddings",
-        tmp_path / "emb.npy",
-        "--steps",
-        "3",
-        "--schedule",
-        "full",
-        "--json",
-        "--frames",
-        "2",
-        "--height",
-        "8",
-        "--width",
-        "8",
+        tiny_bundle, "--text-embeddings", tmp_path / "emb.npy", "--steps", "3", "--schedule", "full", "--json",
+        *SHAPE,
     ]
     stats = json.loads(invoke(run_cli, args).output)
     assert (stats["full_calls"], stats["predictor_calls"]) == (3, 0)
