@@ -138,9 +138,6 @@ class Bundle:
         s = self.manifest["schedule"]
         return Schedule(int(s["steps"]), float(s["shift"]), [int(a) for a in s["anchors"]])
 
-    def precisions(self, graph: str) -> list[str]:
-        return list(self.manifest["graphs"][graph]["variants"])
-
     def graph_path(self, graph: str, precision: str = "fp32") -> Path:
         variants = self.manifest["graphs"][graph]["variants"]
         if precision not in variants:
