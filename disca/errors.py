@@ -35,3 +35,7 @@ class NonFiniteError(DiscaError):
 
 class ParityError(DiscaError):
     """An exported graph does not match the PyTorch reference within tolerance."""
+
+
+class EngineMismatch(BundleError):
+    """A TensorRT engine was built for another TensorRT version, GPU or ONNX graph: rebuild it."""

@@ -37,12 +37,14 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tiny_ranges, tmp_path_factory):
-    """A bundle of the tiny model, exported once (opset 23, with weights)."""
+    """A bundle of the tiny model, exported once (opset 23, with weights, fp32 + fp16 + fp8 variants)."""
     from disca.exporter import export_bundle
 
     cfg, dit, predictor = tiny_model
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(cfg, dit, predictor, out, ranges=tiny_ranges, weights_note="tests")
+    export_bundle(
+        cfg, dit, predictor, out, ranges=tiny_ranges, precisions=("fp32", "fp16", "fp8"), weights_note="tests"
+    )
     return out
 
 

@@ -47,7 +47,14 @@ def test_run_writes_a_gif_and_prints_a_summary(tiny_bundle, tmp_path):
 def test_run_takes_text_embeddings_and_full_schedule(tiny_bundle, tmp_path):
     np.save(tmp_path / "emb.npy", np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32))
     args = [
-        tiny_bundle, "--text-embeddings", tmp_path / "emb.npy", "--steps", "3", "--schedule", "full", "--json",
+        tiny_bundle,
+        "--text-embeddings",
+        tmp_path / "emb.npy",
+        "--steps",
+        "3",
+        "--schedule",
+        "full",
+        "--json",
         *SHAPE,
     ]
     stats = json.loads(invoke(run_cli, args).output)

@@ -17,6 +17,7 @@ from disca.cli._common import clean_errors, parse_range
 from disca.spec import DIMS, ShapeRanges
 
 PRESET_NAMES = ("tiny", "demo")  # kept in step with disca.models.config.PRESETS (tested)
+PRECISIONS = ("fp32", "fp16", "fp8")  # kept in step with disca.exporter.precision.PRECISIONS (tested)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,27 +44,53 @@ def main():
 @click.option("--height", default=None, help="Latent height range (default 8:32:64).")
 @click.option("--width", default=None, help="Latent width range (default 8:32:64).")
 @click.option("--text-len", default="1:8:32", show_default=True, help="Text-token count range.")
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    help="Graph variants, comma-separated from fp32,fp16,fp8 (fp32 is always written).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights with --preset.")
 @click.option("--no-weights", is_flag=True, help="Leave the PyTorch weights out (no torch backend for this bundle).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--verbose", is_flag=True, help="Show the exporter's own output.")
 @clean_errors
 def onnx_cmd(
-    preset, checkpoint, out, opset, batch, frames, height, width, text_len, seed, no_weights, overwrite, verbose
+    preset,
+    checkpoint,
+    out,
+    opset,
+    batch,
+    frames,
+    height,
+    width,
+    text_len,
+    precision,
+    seed,
+    no_weights,
+    overwrite,
+    verbose,
 ):
     """Export the DiT and its cache predictor to a bundle: full.onnx + predictor.onnx + manifest.json.
 
-    Both graphs are validated on ONNX Runtime against PyTorch at two shapes.
+    Both graphs are validated on ONNX Runtime against PyTorch at two shapes. FP16 and FP8
+    variants (for TensorRT engines) are validated the same way, with looser tolerances.
 
     \b
     Examples:
       disca-export onnx --preset demo --out bundles/demo
+      disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8
       disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20
     """
     if (preset is None) == (checkpoint is None):
         raise click.UsageError("give exactly one of --preset NAME or --checkpoint DIR")
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} already exists: choose another --out or pass --overwrite")
+    precisions = ["fp32", *(p.strip().lower() for p in precision.split(",") if p.strip() not in ("", "fp32"))]
+    for p in precisions:
+        if p not in PRECISIONS:
+            choices = ", ".join(PRECISIONS)
+            raise click.BadParameter(f"{p!r} is not a precision; choose from {choices}", param_hint="--precision")
 
     from disca.exporter import export_bundle
     from disca.models import build, load_checkpoint, randomize_
@@ -98,12 +125,56 @@ def onnx_cmd(
         text=text,
         opset=int(opset),
         ranges=ShapeRanges(**ranges),
+        precisions=tuple(precisions),
         weights_note=note,
         include_weights=not no_weights,
         verbose=verbose,
         log=console.print,
     )
     console.print(f"[green]wrote bundle {out}[/green] ({note})")
+
+
+@main.command("build")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--precision", type=click.Choice(["fp16", "fp8"]), required=True, help="Engine precision (its ONNX variant)."
+)
+@click.option("--graphs", default="full,predictor", show_default=True, help="Which graphs to build, comma-separated.")
+@click.option("--static", is_flag=True, help="Fixed shape (the ranges' opt): needed for CUDA graphs at run time.")
+@click.option(
+    "--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="Builder optimization level."
+)
+@click.option("--weight-streaming", is_flag=True, help="Build engines that can stream weights from host memory.")
+@clean_errors
+def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
+    """Build TensorRT engines (engines/<graph>.<precision>.plan) from BUNDLE's ONNX graphs.
+
+    Needs TensorRT and an NVIDIA GPU (FP8: compute capability 8.9 or higher). One optimization
+    profile per engine from the bundle's shape ranges; a timing cache kept in the bundle.
+
+    \b
+    Examples:
+      disca-export build bundles/student --precision fp16
+      disca-export build bundles/student --precision fp8 --static
+    """
+    from disca.exporter.tensorrt_build import build_engines
+
+    names = [g.strip() for g in graphs.split(",") if g.strip()]
+    for g in names:
+        if g not in ("full", "predictor"):
+            raise click.BadParameter(f"{g!r} is not a graph; choose from full, predictor", param_hint="--graphs")
+    console = Console(stderr=True)
+    records = build_engines(
+        bundle,
+        precision,
+        names,
+        static=static,
+        optimization_level=opt_level,
+        weight_streaming=weight_streaming,
+        log=console.print,
+    )
+    for r in records:
+        console.print(f"[green]built {r['file']}[/green] (TensorRT {r['tensorrt']}, {r['gpu']})")
 
 
 @main.command("inspect")

@@ -37,6 +37,12 @@ from disca.runtime.video import check_path, write
     help="ONNX Runtime execution providers, in order: cpu, cuda, tensorrt (comma-separated).",
 )
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "fp8"]),
+    help="Graph variant (onnxruntime, default fp32) or engine precision (tensorrt, default fp16).",
+)
+@click.option("--cuda-graphs", is_flag=True, help="tensorrt: replay each engine as a CUDA graph (static engines).")
 @click.option("--device", default="cpu", show_default=True, help="torch backend device: cpu or cuda.")
 @click.option("--frames", type=int, help="Latent frames (default: the bundle's opt shape).")
 @click.option("--height", type=int, help="Latent height.")
@@ -59,6 +65,8 @@ def main(
     backend,
     providers,
     threads,
+    precision,
+    cuda_graphs,
     device,
     frames,
     height,
@@ -78,6 +86,7 @@ def main(
       disca-run bundles/demo --prompt "a red circle moving left" --out clip.gif
       disca-run bundles/demo --prompt "a red circle moving left" --schedule full --json
       disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
+      disca-run bundles/demo --prompt "..." --backend tensorrt --precision fp8
     """
     if bundle is None:
         bundle = demo_bundle()
@@ -87,7 +96,7 @@ def main(
         check_path(out)
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
     anchors = None if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
-    options = {"device": device} if backend == "torch" else {"providers": providers.split(","), "threads": threads}
+    options = _backend_options(backend, providers, threads, precision, cuda_graphs, device)
 
     with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
         n_steps = steps or pipe.bundle.schedule.steps
@@ -112,6 +121,22 @@ def main(
         click.echo(json.dumps({**stats, "anchors": result.anchors, "out": str(out) if out else None}))
     else:
         _print_summary(stats, out)
+
+
+def _backend_options(backend, providers, threads, precision, cuda_graphs, device) -> dict:
+    if backend == "torch":
+        if precision not in (None, "fp32"):
+            raise click.UsageError("the torch backend runs the fp32 weights: drop --precision or pick another backend")
+        return {"device": device}
+    if backend == "tensorrt":
+        if precision == "fp32":
+            raise click.UsageError("TensorRT engines are fp16 or fp8: pass --precision fp16 or fp8")
+        return {
+            "precision": precision or "fp16",
+            "cuda_graphs": cuda_graphs,
+            "device": "cuda" if device == "cpu" else device,
+        }
+    return {"providers": providers.split(","), "threads": threads, "precision": precision or "fp32"}
 
 
 def _load_embeddings(path: Path) -> np.ndarray:

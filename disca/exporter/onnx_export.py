@@ -33,7 +33,6 @@ from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, graph_specs
 
 TEXT_TABLE = "text_embedding.npy"
 OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14); 20: decomposed
-FP32_REL_L2 = 1e-4
 
 
 def export_shapes(ranges: ShapeRanges) -> tuple[dict, dict]:
@@ -96,6 +95,73 @@ def export_graph(module, spec: GraphSpec, ranges: ShapeRanges, patch, opset: int
     _name_dims(path, spec)
 
 
+def _parity(name, session, module, spec, shapes, patch, tolerance, full_module) -> list:
+    """check_graph at each of `shapes`; the predictor gets a real cache from the full graph."""
+    results = []
+    for i, dims in enumerate(shapes):
+        feeds = dummy_inputs(spec, dims, patch, seed=i)
+        if name == "predictor":
+            with torch.no_grad():
+                full_args = [torch.from_numpy(feeds[k]) for k in ("latent", "t", "r", "text")]
+                feeds["hidden"] = full_module(*full_args)[1].numpy()
+        results += check_graph(name, session, module, feeds, [o.name for o in spec.outputs], tolerance)
+    return results
+
+
+def _validation(tolerance: dict, shapes, parity) -> dict:
+    return {
+        "reference": "PyTorch fp32",
+        "tolerance": tolerance,
+        "shapes": shapes,
+        "results": [p.to_dict() for p in parity],
+    }
+
+
+def calibration_inputs(cfg: ModelConfig, dit, predictor, text, ranges: ShapeRanges, schedule: Schedule, n: int = 4):
+    """Both graphs' inputs over `n` real sampling runs of the model at the ranges' optimum shape.
+
+    Texts are random word sequences of the model's vocabulary (random embeddings without one).
+    """
+    from disca.calibration.trajectories import record_inputs
+    from disca.runtime.backends.torch_backend import TorchBackend
+
+    rng = np.random.default_rng(0)
+    C = cfg.dit.in_channels
+    frames, height, width, text_len = (getattr(ranges, d)[1] for d in ("frames", "height", "width", "text_len"))
+    latents = [rng.standard_normal((1, C, frames, height, width), dtype=np.float32) for _ in range(n)]
+    if text is not None:
+        with torch.no_grad():
+            ids = torch.from_numpy(rng.integers(1, len(cfg.vocab), size=(n, 1, text_len)))
+            texts = [text.table(i).numpy() for i in ids]
+    else:
+        texts = [rng.standard_normal((1, text_len, cfg.dit.text_dim), dtype=np.float32) for _ in range(n)]
+    backend = TorchBackend.from_modules(dit, predictor)
+    return record_inputs(backend, latents, texts, steps=schedule.steps, shift=schedule.shift, anchors=schedule.anchors)
+
+
+def end_to_end_psnr(bundle_dir: Path, precision: str, schedule: Schedule, ranges: ShapeRanges, seed: int = 0) -> float:
+    """PSNR (dB) of a DisCa run on ORT CPU with the `precision` graphs against the same run in FP32."""
+    from disca.bundle import Bundle
+    from disca.metrics import psnr
+    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from disca.runtime.sampler import denoise
+    from disca.runtime.schedule import DiscaPolicy
+
+    bundle = Bundle.open(bundle_dir)
+    rng = np.random.default_rng(seed)
+    dims = {d: getattr(ranges, d)[1] for d in DIMS}
+    latent = rng.standard_normal((1, bundle.channels, dims["frames"], dims["height"], dims["width"]), dtype=np.float32)
+    text = rng.standard_normal((1, dims["text_len"], bundle.text_dim), dtype=np.float32)
+    outs = []
+    for p in ("fp32", precision):
+        with OnnxRuntimeBackend(bundle, precision=p) as backend:
+            out, _ = denoise(
+                backend, latent, text, steps=schedule.steps, shift=schedule.shift, policy=DiscaPolicy(schedule.anchors)
+            )
+        outs.append(out)
+    return psnr(outs[1], outs[0])
+
+
 def export_bundle(
     cfg: ModelConfig,
     dit,
@@ -106,6 +172,7 @@ def export_bundle(
     opset: int = 23,
     ranges: ShapeRanges | None = None,
     schedule: Schedule = DEFAULT_SCHEDULE,
+    precisions=("fp32",),
     weights_note: str = "",
     include_weights: bool = True,
     verbose: bool = False,
@@ -115,12 +182,20 @@ def export_bundle(
 
     `text`: the model's learned WordEmbedding, if any: its table goes into the bundle
     so that the runtime embeds prompts without torch.
+    `precisions`: fp32 always, plus fp16 / fp8 variants of both graphs (see `precision.py`),
+    each validated against PyTorch; FP8 ranges come from real sampling runs ("max" calibration).
     """
     import onnx
     import onnxruntime as ort
 
+    from disca.exporter import precision as prec
+
     if opset not in OPSETS:
         raise ShapeError(f"opset {opset} is not supported; choose one of {OPSETS}")
+    unknown = [p for p in precisions if p not in prec.PRECISIONS]
+    if unknown:
+        raise ShapeError(f"unknown precision {unknown[0]!r}; choose from {', '.join(prec.PRECISIONS)}")
+    extra = [p for p in prec.PRECISIONS[1:] if p in precisions]
     ranges = ranges or ShapeRanges()
     patch = tuple(cfg.dit.patch_size)
     ranges.validate(patch)
@@ -138,32 +213,44 @@ def export_bundle(
             export_graph(modules[name], spec, ranges, patch, opset, path, verbose)
             export_s = time.perf_counter() - t0
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            parity = []
-            for i, dims in enumerate(shapes):
-                feeds = dummy_inputs(spec, dims, patch, seed=i)
-                if name == "predictor":  # a real cache, as the runtime would pass it
-                    with torch.no_grad():
-                        full_args = [torch.from_numpy(feeds[k]) for k in ("latent", "t", "r", "text")]
-                        feeds["hidden"] = modules["full"](*full_args)[1].numpy()
-                parity += check_graph(name, session, modules[name], feeds, [o.name for o in spec.outputs], FP32_REL_L2)
+            tol = prec.TOLERANCES["fp32"]
+            parity = _parity(name, session, modules[name], spec, shapes, patch, tol, modules["full"])
             worst = max(p.rel_l2 for p in parity)
             log(f"  {name}: exported in {export_s:.1f}s, ORT parity at 2 shapes: max rel L2 {worst:.2e}")
-            graphs[name] = {
-                "spec": spec.to_dict(),
-                "variants": {
-                    "fp32": {
-                        "file": path.name,
-                        "opset": opset,
-                        "produced_by": "torch.onnx.export(dynamo=True)",
-                        "validation": {
-                            "reference": "PyTorch fp32",
-                            "rel_l2_tolerance": FP32_REL_L2,
-                            "shapes": shapes,
-                            "results": [p.to_dict() for p in parity],
-                        },
-                    }
-                },
-            }
+            variant = {"file": path.name, "opset": opset, "precision": "fp32"}
+            variant["produced_by"] = "torch.onnx.export(dynamo=True)"
+            graphs[name] = {"spec": spec.to_dict(), "variants": {"fp32": variant}}
+            variant["validation"] = _validation(tol, shapes, parity)
+
+        calib = None
+        if "fp8" in extra:
+            log("recording FP8 calibration inputs from real sampling runs...")
+            calib = calibration_inputs(cfg, dit, predictor, text, ranges, schedule)
+        for name, spec in specs.items():
+            src = tmp / f"{name}.onnx"
+            fp16 = prec.to_fp16(onnx.load(str(src))) if extra else None
+            for p in extra:
+                if p == "fp16":
+                    model, how = fp16, "onnxruntime.transformers.float16 (norms, softmax, timestep embedders in fp32)"
+                else:
+                    amax = prec.activation_amax(src, calib[name])
+                    model = prec.to_fp8(fp16, amax)
+                    how = (
+                        f"FP8 E4M3 Q/DQ on {len(amax)} block Linear layers, per-tensor max calibration over "
+                        f"{len(calib[name])} recorded sampling inputs; the rest fp16"
+                    )
+                path = tmp / f"{name}.{p}.onnx"
+                prec.save_model(model, path)
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                tol = prec.TOLERANCES[p]
+                parity = _parity(name, session, modules[name], spec, shapes, patch, tol, modules["full"])
+                log(
+                    f"  {name} {p}: max rel L2 {max(q.rel_l2 for q in parity):.2e}, "
+                    f"min cosine {min(q.cosine for q in parity):.5f}"
+                )
+                variant = {"file": path.name, "opset": opset, "precision": p, "produced_by": how}
+                variant["validation"] = _validation(tol, shapes, parity)
+                graphs[name]["variants"][p] = variant
         if include_weights:
             save_checkpoint(tmp / "weights", cfg, dit, predictor, text=text)
         if text is not None:
@@ -188,8 +275,18 @@ def export_bundle(
                 "onnxruntime": ort.__version__,
             },
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+        write_manifest(tmp, manifest)
+        for p in extra:  # needs the bundle as written: the runtime's own sampler on ORT CPU
+            db = end_to_end_psnr(tmp, p, schedule, ranges)
+            log(f"  end to end ({p} vs fp32 DisCa on ORT CPU): PSNR {db:.1f} dB")
+            for g in graphs.values():
+                g["variants"][p]["validation"]["end_to_end_psnr_db"] = db
+        write_manifest(tmp, manifest)
     return Path(out)
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
 
 
 def _json_default(o):

@@ -39,8 +39,11 @@ def compare(graph: str, output: str, got: np.ndarray, ref: np.ndarray) -> Parity
     )
 
 
-def check_graph(graph: str, session, module, feeds: dict[str, np.ndarray], output_names, rel_l2_tol: float):
-    """Run `session` (ONNX Runtime) and `module` (torch) on `feeds`; raise ParityError past the tolerance."""
+def check_graph(graph: str, session, module, feeds: dict[str, np.ndarray], output_names, tolerance: dict):
+    """Run `session` (ONNX Runtime) and `module` (torch) on `feeds`; raise ParityError past the tolerance.
+
+    `tolerance`: {"rel_l2": max relative L2, "cosine": min cosine similarity}, either or both, per output.
+    """
     import torch
 
     with torch.no_grad():
@@ -50,10 +53,13 @@ def check_graph(graph: str, session, module, feeds: dict[str, np.ndarray], outpu
     results = []
     for name, g, r in zip(output_names, got, ref):
         p = compare(graph, name, g, r.numpy())
-        if not np.isfinite(p.rel_l2) or p.rel_l2 > rel_l2_tol:
+        bad = not (np.isfinite(p.rel_l2) and np.isfinite(p.cosine))
+        bad = bad or p.rel_l2 > tolerance.get("rel_l2", np.inf) or p.cosine < tolerance.get("cosine", -np.inf)
+        if bad:
+            limits = ", ".join(f"{k} {v:g}" for k, v in tolerance.items())
             raise ParityError(
-                f"{graph} graph: output {name} at shape {p.shape} has relative L2 error {p.rel_l2:.3g} "
-                f"against PyTorch (tolerance {rel_l2_tol:g}; max abs {p.max_abs:.3g}, cosine {p.cosine:.6f})"
+                f"{graph} graph: output {name} at shape {p.shape} has relative L2 error {p.rel_l2:.3g} and "
+                f"cosine {p.cosine:.6f} against PyTorch (tolerance: {limits}; max abs {p.max_abs:.3g})"
             )
         results.append(p)
     return results

@@ -1,0 +1,1 @@
+"""Calibration from real sampling trajectories: FP8 ranges and (later) the anchor schedule."""
