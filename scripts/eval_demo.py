@@ -46,8 +46,11 @@ def main(teacher_dir, bundle, n, teacher_steps, guidance, as_json):
                 passes += stats.full_calls + stats.predictor_calls
                 clips.append(np.clip(video[0], -1, 1))
             outs[name] = np.stack(clips)
-            report[name] = {"adherence": score(outs[name], prompts)["all"], "ms_per_clip": ms / n,
-                            "passes_per_clip": passes / n}
+            report[name] = {
+                "adherence": score(outs[name], prompts)["all"],
+                "ms_per_clip": ms / n,
+                "passes_per_clip": passes / n,
+            }
         report["disca"]["psnr_vs_full"] = psnr(outs["disca"], outs["student_full"])
         report["disca"]["ssim_vs_full"] = ssim(outs["disca"], outs["student_full"])
 
@@ -62,12 +65,20 @@ def main(teacher_dir, bundle, n, teacher_steps, guidance, as_json):
         with torch.no_grad():
             for i, p in enumerate(prompts):
                 txt = teacher.text.encode([p])
-                x = sample_teacher(teacher.dit, torch.from_numpy(noise[i : i + 1]), txt, teacher.text.null(1, 5),
-                                   teacher_steps, guidance=guidance)
+                x = sample_teacher(
+                    teacher.dit,
+                    torch.from_numpy(noise[i : i + 1]),
+                    txt,
+                    teacher.text.null(1, 5),
+                    teacher_steps,
+                    guidance=guidance,
+                )
                 clips.append(x.clamp(-1, 1).numpy()[0])
-        report["teacher_cfg"] = {"adherence": score(np.stack(clips), prompts)["all"],
-                                 "ms_per_clip_torch": (time.perf_counter() - t0) * 1e3 / n,
-                                 "passes_per_clip": 2 * teacher_steps}
+        report["teacher_cfg"] = {
+            "adherence": score(np.stack(clips), prompts)["all"],
+            "ms_per_clip_torch": (time.perf_counter() - t0) * 1e3 / n,
+            "passes_per_clip": 2 * teacher_steps,
+        }
         report["disca"]["pass_ratio_vs_teacher"] = 2 * teacher_steps / report["disca"]["passes_per_clip"]
 
     if as_json:

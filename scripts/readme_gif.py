@@ -1,6 +1,6 @@
 """Render the README's demo GIF: a few prompts side by side, DisCa vs all-full, from a bundle.
 
-    python scripts/readme_gif.py [BUNDLE] --out docs/demo.gif
+python scripts/readme_gif.py [BUNDLE] --out docs/demo.gif
 """
 
 from __future__ import annotations

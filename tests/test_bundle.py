@@ -53,8 +53,8 @@ def test_missing_bundle_and_manifest(tmp_path):
 
 
 def test_unknown_precision_names_what_exists(bundle_copy):
-    with pytest.raises(BundleError, match=r"no fp8 variant of the full graph \(fp32\)"):
-        Bundle.open(bundle_copy).graph_path("full", "fp8")
+    with pytest.raises(BundleError, match=r"no int8 variant of the full graph \(fp32, fp16, fp8\)"):
+        Bundle.open(bundle_copy).graph_path("full", "int8")
 
 
 def test_manifest_round_trips_as_plain_json(bundle_copy):

@@ -81,10 +81,11 @@ def test_predictor_graph_uses_cache(tiny_model):
     assert not torch.allclose(pred(latent, t, r, text, hidden), pred(latent, t, r, text, hidden * 0.5))
 
 
-def test_demo_predictor_is_under_five_percent_of_the_dit():
+def test_demo_predictor_is_under_ten_percent_of_the_dit():
+    """One block of twelve plus the fusion MLP (the issue's compute target is <= 10% of a full step)."""
     cfg = preset("demo")
     dit, predictor = build(cfg)
-    assert num_params(predictor) <= 0.05 * num_params(dit)
+    assert num_params(predictor) <= 0.10 * num_params(dit)
 
 
 def test_cli_preset_choices_match_registry():

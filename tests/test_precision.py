@@ -8,7 +8,6 @@ import torch
 
 from disca.bundle import Bundle
 from disca.calibration.trajectories import record_inputs
-from disca.errors import BundleError
 from disca.exporter.precision import TOLERANCES, activation_amax, fp8_targets, module_path, periodic_cone
 from disca.exporter.validate import check_graph
 from disca.metrics import psnr
@@ -33,7 +32,7 @@ def _feeds(bundle, graph, dit, seed=7):
 
 def test_variants_are_recorded_with_files_hashes_and_provenance(tiny_bundle):
     b = Bundle.open(tiny_bundle, verify=True)
-    for graph, g in b.manifest["graphs"].items():
+    for g in b.manifest["graphs"].values():
         assert set(g["variants"]) == {"fp32", "fp16", "fp8"}
         for precision, v in g["variants"].items():
             assert v["precision"] == precision and v["produced_by"] and v["opset"] == 23
@@ -90,7 +89,8 @@ def test_fp8_quantizes_the_block_linears_only(tiny_bundle):
         assert len(fp8_weights) == expected + 1  # + the shared zero point
         dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
         paths = [module_path(n) for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in dq]
-        assert len(paths) == expected and not any("modulation" in p or "embedder" in p or p.startswith("dit.final") for p in paths)
+        assert len(paths) == expected
+        assert not any("modulation" in p or "embedder" in p or p.startswith("dit.final") for p in paths)
 
 
 def test_activation_ranges_match_pytorch_hooks(tiny_model, tiny_bundle):
@@ -147,13 +147,3 @@ def test_runtime_samples_with_each_variant(tiny_bundle, precision, min_db):
         with OnnxRuntimeBackend(b, precision=p) as backend:
             outs[p], _ = denoise(backend, latent, text, steps=8, shift=3.0, policy=DiscaPolicy([0, 1, 4]))
     assert min_db < psnr(outs[precision], outs["fp32"]) < float("inf")  # close, and really another graph
-
-
-def test_missing_variant_is_a_clear_error(bundle_copy):
-    import json
-
-    m = json.loads((bundle_copy / "manifest.json").read_text())
-    del m["graphs"]["full"]["variants"]["fp8"]
-    (bundle_copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="has no fp8 variant of the full graph"):
-        Bundle.open(bundle_copy).graph_path("full", "fp8")

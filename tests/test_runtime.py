@@ -143,3 +143,25 @@ def test_prompt_embedding_is_deterministic(tiny_bundle):
         r1 = pipe.generate("a red circle", seed=5, steps=3, anchors=[0])
         r2 = pipe.generate("a red circle", seed=5, steps=3, anchors=[0])
         np.testing.assert_array_equal(r1.video, r2.video)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_backend_matches_cpu(tiny_bundle):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible")
+    from disca.runtime.backends import get_backend
+    from disca.runtime.sampler import denoise
+    from disca.runtime.schedule import DiscaPolicy
+
+    b = Bundle.open(tiny_bundle)
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, b.channels, 2, 8, 8), dtype=np.float32)
+    text = rng.standard_normal((1, 4, b.text_dim), dtype=np.float32)
+    outs = []
+    for device in ("cpu", "cuda"):
+        with get_backend("torch", b, device=device) as backend:
+            out, _ = denoise(backend, latent, text, steps=8, shift=3.0, policy=DiscaPolicy([0, 1, 4]))
+        outs.append(out)
+    rel = np.linalg.norm(outs[1] - outs[0]) / np.linalg.norm(outs[0])
+    assert rel < 1e-3  # TF32 may be on for CUDA matmuls

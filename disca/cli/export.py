@@ -204,6 +204,10 @@ def inspect_cmd(bundle, as_json):
         },
         "ranges": b.manifest["ranges"],
         "schedule": b.manifest["schedule"],
+        "engines": {
+            k: {f: e[f] for f in ("file", "tensorrt", "gpu", "compute_capability", "static")}
+            for k, e in b.manifest.get("engines", {}).items()
+        },
         "files": {f: {"bytes": e["bytes"], "sha256_ok": hashes[f]} for f, e in b.manifest["files"].items()},
         "versions": b.manifest["versions"],
         "ok": all(hashes.values()),
@@ -240,6 +244,12 @@ def _print_report(r: dict) -> None:
     console.print(rng)
     s = r["schedule"]
     console.print(f"default schedule: {s['steps']} steps, shift {s['shift']}, anchors {s['anchors']}")
+    if r["engines"]:
+        engines = Table("engine", "file", "TensorRT", "GPU (compute capability)", "shapes", title="TensorRT engines")
+        for k, e in r["engines"].items():
+            gpu = f"{e['gpu']} ({e['compute_capability']})"
+            engines.add_row(k, e["file"], e["tensorrt"], gpu, "static" if e["static"] else "dynamic")
+        console.print(engines)
     files = Table("file", "bytes", "sha256", title="files")
     for f, e in r["files"].items():
         files.add_row(f, f"{e['bytes']:,}", "[green]OK[/green]" if e["sha256_ok"] else "[red]MISMATCH[/red]")
