@@ -122,8 +122,13 @@ def add_engine(bundle: Bundle, record: dict, extra_files=()) -> None:
     manifest.setdefault("engines", {})[engine_key(record["graph"], record["precision"])] = record
     for rel in (record["file"], *extra_files):
         manifest["files"][rel] = file_entry(bundle.path, rel)
+    write_manifest(bundle)
+
+
+def write_manifest(bundle: Bundle) -> None:
+    """Rewrite a bundle's manifest from `bundle.manifest`, atomically."""
     with atomic_file(bundle.path / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+        tmp.write_text(json.dumps(bundle.manifest, indent=2))
 
 
 def plan_path(bundle: Bundle, record: dict) -> Path:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -175,6 +176,193 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     )
     for r in records:
         console.print(f"[green]built {r['file']}[/green] (TensorRT {r['tensorrt']}, {r['gpu']})")
+
+
+def _calibration_set(bundle, prompts, samples, seed=0):
+    from disca.calibration.dataset import calibration_set, read_prompts
+
+    return calibration_set(bundle, read_prompts(prompts) if prompts else None, n=samples, seed=seed)
+
+
+@main.command("calibrate")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
+@click.option("--samples", default=16, show_default=True, help="Sampling runs (prompt x seed) to record.")
+@click.option(
+    "--min-cosine",
+    default=0.9995,
+    show_default=True,
+    help="A layer whose solo FP8 quantization gives a lower output cosine stays FP16.",
+)
+@click.option("--keep-fp16", default="", help="Layers (module paths or node names) to keep FP16, comma-separated.")
+@click.option("--force-fp8", default="", help="Layers to quantize whatever their sensitivity, comma-separated.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@clean_errors
+def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as_json):
+    """FP8 variants of BUNDLE's graphs calibrated on real sampling trajectories of its own model.
+
+    Records both graphs' inputs over all-full and DisCa runs, takes "max" ranges, quantizes
+    one layer at a time to find the sensitive ones (kept FP16), writes full.fp8.onnx and
+    predictor.fp8.onnx into the bundle, and checks FP8 DisCa against FP32 DisCa end to end.
+    """
+    from disca.calibration.dataset import sample_all, uses_task_vocabulary
+    from disca.calibration.fp8 import calibrate_fp8
+    from disca.metrics import psnr
+    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    b = Bundle.open(bundle)
+    cal = _calibration_set(b, prompts, samples)
+    console = Console(stderr=True)
+    split = lambda text: {x.strip() for x in text.split(",") if x.strip()}  # noqa: E731
+    report = calibrate_fp8(
+        bundle, cal, min_cosine=min_cosine, keep_fp16=split(keep_fp16), force_fp8=split(force_fp8), log=console.print
+    )
+    b = Bundle.open(bundle)
+    sched, outs = b.schedule, {}
+    for p in ("fp32", "fp8"):
+        with OnnxRuntimeBackend(b, precision=p) as backend:
+            outs[p] = sample_all(backend, cal, steps=sched.steps, shift=sched.shift, anchors=sched.anchors)
+    e2e = {"samples": len(cal), "psnr_db_fp8_vs_fp32": round(psnr(outs["fp8"], outs["fp32"]), 3)}
+    if uses_task_vocabulary(b):
+        from disca.task import score
+
+        for p, out in outs.items():
+            e2e[f"adherence_{p}"] = round(score(np.clip(out, -1, 1), cal.prompts)["all"], 4)
+    result = {
+        "layers": [x.__dict__ for x in report.layers],
+        "kept_fp16": [x.module for x in report.kept_fp16()],
+        "recorded_inputs": report.recorded,
+        "end_to_end": e2e,
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table("graph", "layer", "amax", "cosine", "PSNR (dB)", "precision", title="FP8 sensitivity (one layer)")
+    for x in report.layers:
+        table.add_row(
+            x.graph,
+            x.module,
+            f"{x.amax:.3g}",
+            f"{x.cosine:.6f}",
+            f"{x.psnr_db:.1f}",
+            "fp8" if x.fp8 else "[yellow]fp16[/yellow]",
+        )
+    Console().print(table)
+    kept = len(report.kept_fp16())
+    click.echo(f"{len(report.layers) - kept} layers in FP8, {kept} kept FP16 (min cosine {min_cosine})")
+    click.echo("end to end (DisCa, ONNX Runtime CPU): " + ", ".join(f"{k} {v}" for k, v in e2e.items()))
+
+
+@main.command("schedule")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
+@click.option("--anchors", "k", type=int, required=True, help="How many anchor (full-DiT) steps to choose.")
+@click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
+@click.option("--samples", default=8, show_default=True, help="Prompt x seed samples per evaluated run.")
+@click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
+@click.option("--no-write", is_flag=True, help="Report only: leave the bundle's default schedule as it is.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@clean_errors
+def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_json):
+    """Search the K anchor steps whose DisCa runs come closest to all-full sampling.
+
+    Greedy forward selection over real runs on the calibration set (step 0 always an anchor);
+    writes the chosen list into the manifest as the default schedule, and a quality-vs-anchors
+    curve (K = 1..N) as a table, JSON and PNG plot, compared with the official and uniform lists.
+    """
+    from disca.calibration.dataset import uses_task_vocabulary
+    from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
+    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    b = Bundle.open(bundle)
+    steps = steps or b.schedule.steps
+    if not 1 <= k <= steps:
+        raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")
+    cal = _calibration_set(b, prompts, samples)
+    console = Console(stderr=True)
+    adherence = None
+    if uses_task_vocabulary(b):
+        from disca.task import score
+
+        adherence = lambda out: round(score(np.clip(out, -1, 1), cal.prompts)["all"], 4)  # noqa: E731
+    console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
+    with OnnxRuntimeBackend(b) as backend:
+        ref, curve = greedy_curve(backend, cal, steps=steps, shift=b.schedule.shift, log=console.print)
+        ks = sorted({k, *(x for x in (6, 8, 10) if x < steps)})
+        rows = compare(backend, cal, ref, curve, steps=steps, shift=b.schedule.shift, ks=ks, adherence=adherence)
+    chosen = curve[k - 1].anchors
+    report_dir.mkdir(parents=True, exist_ok=True)
+    result = {"steps": steps, "anchors": k, "chosen": chosen, "curve": [p.to_dict() for p in curve], "compare": rows}
+    (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
+    (report_dir / "schedule_search.md").write_text(markdown_table(curve, rows) + "\n")
+    plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
+    if not no_write:
+        from disca.engines import write_manifest
+
+        b.manifest["schedule"] = {"steps": steps, "shift": b.schedule.shift, "anchors": chosen, "searched": True}
+        write_manifest(b)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(markdown_table(curve, rows))
+        where = "kept the bundle's schedule" if no_write else f"wrote anchors {chosen} as {b.path}'s default schedule"
+        click.echo(f"{where}; report in {report_dir}/")
+
+
+@main.command("validate")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--backend", "backends", default="onnxruntime", show_default=True, help="Backends, comma-separated.")
+@click.option("--prompts", type=click.Path(path_type=Path), help="Prompts for the end-to-end check, one per line.")
+@click.option("--samples", default=8, show_default=True, help="Prompt x seed samples of the end-to-end check.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@clean_errors
+def validate_cmd(bundle, backends, prompts, samples, as_json):
+    """Check BUNDLE before deploying it: every graph variant on every backend against the fp32
+    reference (two shapes), and DisCa end to end against all-full sampling, with the thresholds
+    stored in the manifest. Exits non-zero when anything fails.
+    """
+    from disca.calibration.validation import validate_bundle
+
+    b = Bundle.open(bundle)
+    names = [x.strip() for x in backends.split(",") if x.strip()]
+    cal = _calibration_set(b, prompts, samples)
+    report = validate_bundle(bundle, cal, names, log=Console(stderr=True).print)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        table = Table(
+            "backend",
+            "precision",
+            "output",
+            "shape",
+            "rel L2",
+            "cosine",
+            "ok",
+            title=f"parity vs {report['reference']}",
+        )
+        for p in report["parity"]:
+            if "skipped" in p:
+                table.add_row(p["backend"], p["precision"], "skipped", p["skipped"], "", "", "")
+                continue
+            shape = "x".join(str(v) for v in p["shape"])
+            table.add_row(
+                p["backend"],
+                p["precision"],
+                f"{p['graph']}.{p['output']}",
+                shape,
+                f"{p['rel_l2']:.2e}",
+                f"{p['cosine']:.6f}",
+                "ok" if p["ok"] else "[red]FAIL[/red]",
+            )
+        Console().print(table)
+        for e in report["end_to_end"]:
+            adh = f", adherence {e['adherence']} (all-full fp32 {e['adherence_full_fp32']})" if "adherence" in e else ""
+            verdict = "ok" if e["ok"] else "FAIL"
+            click.echo(
+                f"end to end {e['backend']} {e['precision']}: DisCa vs all-full {e['psnr_db']} dB{adh}: {verdict}"
+            )
+    if not report["ok"]:
+        raise click.ClickException(f"bundle {bundle} failed validation (thresholds: {report['thresholds']})")
 
 
 @main.command("inspect")

@@ -151,10 +151,11 @@ def activation_amax(model_path: Path, feeds_list: Iterable[dict], providers=("CP
     return {n.name: amax[n.input[0]] for n in targets}
 
 
-def to_fp8(fp16_model, amax: dict[str, float]):
+def to_fp8(fp16_model, amax: dict[str, float], only=None):
     """Insert FP8 Q/DQ into an FP16 graph made by `to_fp16`, with per-tensor scales amax / 448.
 
     `amax`: from `activation_amax` on the FP32 graph (node names survive the FP16 conversion).
+    `only`: quantize just these target layers (node names); the others stay FP16.
     Weights become FLOAT8E4M3FN initializers behind a DequantizeLinear; activations get a
     QuantizeLinear -> DequantizeLinear pair (TensorRT fuses both into an FP8 GEMM).
     """
@@ -166,7 +167,7 @@ def to_fp8(fp16_model, amax: dict[str, float]):
     model.CopyFrom(fp16_model)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    targets = fp8_targets(model)
+    targets = [n for n in fp8_targets(model) if only is None or n.name in only]
     missing = [n.name for n in targets if n.name not in amax]
     if missing:
         raise ValueError(f"no calibration range for {len(missing)} FP8 layers (e.g. {missing[0]})")

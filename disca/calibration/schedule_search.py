@@ -1,0 +1,110 @@
+"""Anchor-schedule search: which K of N steps should run the full DiT.
+
+Greedy forward selection on real runs: start from {0} (step 0 must be an anchor) and, K-1
+times, add the step whose DisCa run comes closest to all-full sampling of the same model on
+the calibration set (PSNR over the whole set). Each round costs one DisCa run per candidate
+step, N(N-1)/2 runs for the whole quality-vs-anchors curve (190 for 20 steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from disca.calibration.dataset import CalibrationSet, sample_all
+from disca.metrics import psnr
+from disca.runtime.schedule import OFFICIAL_ANCHORS
+
+
+@dataclass
+class Point:
+    k: int
+    anchors: list[int]
+    psnr_db: float  # DisCa vs all-full over the set (inf when every step is an anchor)
+    adherence: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["psnr_db"] = None if not np.isfinite(self.psnr_db) else round(self.psnr_db, 3)
+        return d
+
+
+def uniform_anchors(steps: int, k: int) -> list[int]:
+    """k anchors spread evenly over the steps, step 0 first."""
+    return sorted({int(round(i * steps / k)) for i in range(k)})
+
+
+def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, log=lambda msg: None):
+    """-> (all-full reference latents, [Point for k = 1..steps]) along the greedy path."""
+    reference = sample_all(backend, cal, steps=steps, shift=shift)
+
+    def quality(anchors):
+        return psnr(sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors), reference)
+
+    anchors = [0]
+    curve = [Point(1, [0], quality([0]))]
+    while len(anchors) < steps:
+        scored = [(quality(sorted([*anchors, s])), s) for s in range(1, steps) if s not in anchors]
+        best_db, best = max(scored)
+        anchors = sorted([*anchors, best])
+        curve.append(Point(len(anchors), anchors, best_db))
+        log(f"  {len(anchors):2d} anchors: +step {best:2d} -> {best_db:6.2f} dB  {anchors}")
+    return reference, curve
+
+
+def compare(backend, cal, reference, curve, *, steps: int, shift: float, ks=(6, 8, 10), adherence=None) -> list[dict]:
+    """Searched vs official vs uniform anchor lists at each k: PSNR against all-full (and adherence)."""
+    rows = []
+    for k in ks:
+        if not 1 <= k <= steps:
+            continue
+        lists = {"searched": curve[k - 1].anchors, "uniform": uniform_anchors(steps, k)}
+        if (steps, k) in OFFICIAL_ANCHORS:
+            lists["official"] = OFFICIAL_ANCHORS[(steps, k)]
+        for name, anchors in lists.items():
+            out = sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors)
+            row = {"k": k, "schedule": name, "anchors": anchors, "psnr_db": round(psnr(out, reference), 3)}
+            if adherence is not None:
+                row["adherence"] = adherence(out)
+            rows.append(row)
+    return rows
+
+
+def plot_curve(curve: list[Point], rows: list[dict], path, title: str) -> None:
+    """Quality-vs-anchors PNG: the greedy curve, with the official and uniform lists marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = [p for p in curve if np.isfinite(p.psnr_db)]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot([p.k for p in finite], [p.psnr_db for p in finite], "o-", label="searched (greedy)")
+    for name, marker in (("official", "s"), ("uniform", "^")):
+        pts = [(r["k"], r["psnr_db"]) for r in rows if r["schedule"] == name]
+        if pts:
+            ax.plot(*zip(*pts), marker, markersize=8, linestyle="none", label=name)
+    ax.set_xlabel(f"anchor steps (full DiT) of {len(curve)}")
+    ax.set_ylabel("PSNR vs all-full sampling (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown_table(curve: list[Point], rows: list[dict]) -> str:
+    lines = ["| anchors K | searched anchors | PSNR vs all-full (dB) |", "|---|---|---|"]
+    for p in curve:
+        db = "inf" if not np.isfinite(p.psnr_db) else f"{p.psnr_db:.2f}"
+        lines.append(f"| {p.k} | {p.anchors} | {db} |")
+    if rows:
+        has_adh = any("adherence" in r for r in rows)
+        lines += ["", "| K | schedule | anchors | PSNR (dB) |" + (" adherence |" if has_adh else "")]
+        lines.append("|---|---|---|---|" + ("---|" if has_adh else ""))
+        for r in rows:
+            adh = f" {r['adherence']:.3f} |" if has_adh else ""
+            lines.append(f"| {r['k']} | {r['schedule']} | {r['anchors']} | {r['psnr_db']:.2f} |{adh}")
+    return "\n".join(lines)
