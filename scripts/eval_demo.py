@@ -1,85 +1,120 @@
-"""Quality and cost of the demo models on a fixed prompt x seed set.
+"""Quality and cost of the demo models on a fixed prompt x seed set, all on ONNX Runtime CPU.
 
-Prompt adherence of: real clips, the teacher (50-step CFG, torch), the student
-(20 steps all-full) and DisCa (student + predictor, default anchors) on a bundle
-(ONNX Runtime CPU); PSNR / SSIM of DisCa against the all-full student; network
-passes and wall time of each.
+    python scripts/eval_demo.py --bundle disca/demo --teacher runs/teacher [--plain-bundle B] [--n 64] [--json]
 
-    python scripts/eval_demo.py --teacher runs/teacher --bundle bundles/demo --n 64 [--json]
+Rows (the same prompts and initial noises for every row):
+- real clips: the evaluator's score on rendered clips of the same prompts (its sanity check);
+- teacher: 50-step Euler with CFG (two passes per step), its full graph exported here;
+- student all-full: 20 steps, one pass each;
+- DisCa: the student with the bundle's default anchors, the predictor on the other steps;
+- plain MeanFlow student (optional second bundle): 20 steps all-full.
+Adherence = every attribute (colour, shape, motion) read back right; PSNR / SSIM of DisCa
+against the all-full student; network passes and wall time per clip (batch 1).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 
 import click
 import numpy as np
 
+from disca.bundle import Bundle
 from disca.metrics import psnr, ssim
 from disca.runtime import Pipeline
+from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+from disca.runtime.schedule import sigmas
 from disca.task import sample_batch, score
 from disca.training.evaluation import eval_set
 
 
+def run_rows(pipe: Pipeline, prompts, noise, anchors) -> tuple[np.ndarray, float, float]:
+    """-> clips, ms per clip, network passes per clip."""
+    clips, ms, passes = [], 0.0, 0
+    for i, p in enumerate(prompts):
+        t0 = time.perf_counter()
+        video, stats = pipe.denoise(noise[i : i + 1], pipe.embed_prompt(p)[None], anchors=anchors)
+        ms += (time.perf_counter() - t0) * 1e3
+        passes += stats.full_calls + stats.predictor_calls
+        clips.append(np.clip(video[0], -1, 1))
+    return np.stack(clips), ms / len(prompts), passes / len(prompts)
+
+
+def export_teacher(teacher_dir: str, out: str) -> Bundle:
+    """The teacher's full graph in a bundle (its predictor graph is an untrained placeholder)."""
+    from disca.cli.export import main as export_cli
+
+    export_cli(["onnx", "--checkpoint", teacher_dir, "--out", out, "--no-weights"], standalone_mode=False)
+    return Bundle.open(out)
+
+
+def teacher_cfg(bundle: Bundle, prompts, noise, steps: int, shift: float, guidance: float):
+    """Euler sampling with classifier-free guidance on ONNX Runtime: two full passes per step."""
+    pipe = Pipeline(bundle, OnnxRuntimeBackend(bundle).activate())
+    sig = sigmas(steps, shift).astype(np.float32)
+    clips, ms = [], 0.0
+    for i, p in enumerate(prompts):
+        text = pipe.embed_prompt(p)[None]
+        null = pipe.text_table[np.zeros(text.shape[1], dtype=np.int64)][None]  # row 0: the null prompt
+        x = noise[i : i + 1].copy()
+        t0 = time.perf_counter()
+        for k in range(steps):
+            t = np.full(1, sig[k], dtype=np.float32)
+            cond, _ = pipe.backend.full(x, t, t, text)
+            uncond, _ = pipe.backend.full(x, t, t, null)
+            x = x + (sig[k + 1] - sig[k]) * (uncond + guidance * (cond - uncond))
+        ms += (time.perf_counter() - t0) * 1e3
+        clips.append(np.clip(x[0], -1, 1))
+    pipe.close()
+    return np.stack(clips), ms / len(prompts)
+
+
 @click.command()
-@click.option("--teacher", "teacher_dir", help="Teacher checkpoint (skipped if not given).")
-@click.option("--bundle", required=True)
+@click.option("--bundle", required=True, help="The student + predictor bundle.")
+@click.option("--teacher", "teacher_dir", help="Teacher checkpoint (its row is skipped without it).")
+@click.option("--plain-bundle", help="A plain-MeanFlow student bundle, for comparison.")
 @click.option("--n", default=64, show_default=True)
 @click.option("--teacher-steps", default=50, show_default=True)
 @click.option("--guidance", default=4.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def main(teacher_dir, bundle, n, teacher_steps, guidance, as_json):
+def main(bundle, teacher_dir, plain_bundle, n, teacher_steps, guidance, as_json):
     prompts, noise = eval_set(n, 8, 32)
     report = {"n": n}
     real, real_prompts, _ = sample_batch(np.random.default_rng(1), n, 8, 32)
-    report["real"] = {"adherence": score(real, real_prompts)["all"]}
+    report["real_clips"] = {"adherence": score(real, real_prompts)["all"]}
 
     with Pipeline.load(bundle) as pipe:
-        outs = {}
-        for name, anchors in (("student_full", "full"), ("disca", None)):
-            clips, ms, passes = [], 0.0, 0
-            for i, p in enumerate(prompts):
-                t0 = time.perf_counter()
-                video, stats = pipe.denoise(noise[i : i + 1], pipe.embed_prompt(p)[None], anchors=anchors)
-                ms += (time.perf_counter() - t0) * 1e3
-                passes += stats.full_calls + stats.predictor_calls
-                clips.append(np.clip(video[0], -1, 1))
-            outs[name] = np.stack(clips)
-            report[name] = {
-                "adherence": score(outs[name], prompts)["all"],
-                "ms_per_clip": ms / n,
-                "passes_per_clip": passes / n,
-            }
-        report["disca"]["psnr_vs_full"] = psnr(outs["disca"], outs["student_full"])
-        report["disca"]["ssim_vs_full"] = ssim(outs["disca"], outs["student_full"])
-
+        shift = pipe.bundle.schedule.shift
+        full, ms_full, p_full = run_rows(pipe, prompts, noise, "full")
+        disca, ms_disca, p_disca = run_rows(pipe, prompts, noise, None)
+        anchors = pipe.bundle.schedule.anchors
+    report["student_full"] = {"adherence": score(full, prompts)["all"], "ms_per_clip": ms_full, "passes": p_full}
+    report["disca"] = {
+        "anchors": anchors,
+        "adherence": score(disca, prompts)["all"],
+        "psnr_vs_full_db": psnr(disca, full),
+        "ssim_vs_full": ssim(disca, full),
+        "ms_per_clip": ms_disca,
+        "passes": p_disca,
+        "speedup_vs_full": ms_full / ms_disca,
+    }
+    if plain_bundle:
+        with Pipeline.load(plain_bundle) as pipe:
+            plain, ms_plain, p_plain = run_rows(pipe, prompts, noise, "full")
+        report["plain_meanflow_full"] = {"adherence": score(plain, prompts)["all"], "ms_per_clip": ms_plain}
     if teacher_dir:
-        import torch
-
-        from disca.models.checkpoint import load_checkpoint
-        from disca.training.flow import sample_teacher
-
-        teacher = load_checkpoint(teacher_dir, require_predictor=False)
-        clips, t0 = [], time.perf_counter()
-        with torch.no_grad():
-            for i, p in enumerate(prompts):
-                txt = teacher.text.encode([p])
-                x = sample_teacher(
-                    teacher.dit,
-                    torch.from_numpy(noise[i : i + 1]),
-                    txt,
-                    teacher.text.null(1, 5),
-                    teacher_steps,
-                    guidance=guidance,
-                )
-                clips.append(x.clamp(-1, 1).numpy()[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            teacher = export_teacher(teacher_dir, f"{tmp}/teacher")
+            clips, ms_teacher = teacher_cfg(teacher, prompts, noise, teacher_steps, shift, guidance)
         report["teacher_cfg"] = {
-            "adherence": score(np.stack(clips), prompts)["all"],
-            "ms_per_clip_torch": (time.perf_counter() - t0) * 1e3 / n,
-            "passes_per_clip": 2 * teacher_steps,
+            "adherence": score(clips, prompts)["all"],
+            "ms_per_clip": ms_teacher,
+            "passes": 2 * teacher_steps,
         }
-        report["disca"]["pass_ratio_vs_teacher"] = 2 * teacher_steps / report["disca"]["passes_per_clip"]
+        report["disca"]["speedup_vs_teacher"] = ms_teacher / ms_disca
+        report["disca"]["pass_ratio_vs_teacher"] = 2 * teacher_steps / p_disca
 
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -98,9 +98,12 @@ def onnx_cmd(
     from disca.models import preset as get_preset
 
     if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint, require_predictor=False)
         cfg, dit, predictor, text = ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text
         note = f"checkpoint {checkpoint}"
+        if predictor is None:  # a teacher or a student without its predictor: all-full sampling only
+            predictor = build(cfg)[1]
+            note += " (no trained predictor: run it with --schedule full)"
     else:
         cfg = get_preset(preset)
         dit, predictor = build(cfg)

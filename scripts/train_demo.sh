@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The demo model's recipe: teacher -> Restricted MeanFlow student (+ a plain MeanFlow student
+# for comparison) -> cache predictor -> the bundle shipped in disca/demo/ -> its evaluation.
+# Every stage resumes from its checkpoint when run again. On the 2-core CPU development
+# machine, the stages took the times in the README (Training > The demo model).
+set -euo pipefail
+runs=${RUNS:-runs}
+
+disca-train teacher --preset demo --out "$runs/teacher" --batch 16 --lr 5e-4 --ema 0.999 \
+    --ckpt-every 50 --eval-every 500 --steps "${TEACHER_STEPS:-5000}"
+disca-train distill --teacher "$runs/teacher" --out "$runs/student" --batch 8 --lr 2e-4 --max-gap 2 \
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-600}"
+disca-train distill --teacher "$runs/teacher" --out "$runs/student-plain" --plain --batch 8 --lr 2e-4 \
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-600}"
+disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajectories 96 --batch 16 \
+    --lr 5e-4 --ema 0.99 --ckpt-every 50 --eval-every 200 --steps "${PREDICTOR_STEPS:-800}"
+disca-export onnx --checkpoint "$runs/predictor" --out disca/demo --no-weights --overwrite
+disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite
+python scripts/eval_demo.py --bundle disca/demo --teacher "$runs/teacher" --plain-bundle "$runs/bundle-plain" \
+    --n 64 --json > "$runs/eval_demo.json"
