@@ -47,7 +47,7 @@ class GraphSpec:
 
 
 def graph_specs(channels: int, text_dim: int, hidden: int) -> dict[str, GraphSpec]:
-    """The `full` and `predictor` graphs of a DiT with these widths."""
+    """The `full`, `predictor` and `head` graphs of a DiT with these widths."""
     inputs = [
         TensorSpec("latent", ["batch", channels, "frames", "height", "width"]),
         TensorSpec("t", ["batch"]),
@@ -65,6 +65,12 @@ def graph_specs(channels: int, text_dim: int, hidden: int) -> dict[str, GraphSpe
             [*inputs, hidden_state],
             [velocity],
             "cached step: DiT embedders -> cache predictor (reads `hidden`) -> DiT head",
+        ),
+        "head": GraphSpec(
+            "head",
+            [*inputs, hidden_state],
+            [velocity],
+            "training-free cached step: DiT embedders -> DiT head on a given `hidden` (reused or extrapolated)",
         ),
     }
 

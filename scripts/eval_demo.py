@@ -25,7 +25,7 @@ from disca.bundle import Bundle
 from disca.metrics import psnr, ssim
 from disca.runtime import Pipeline
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
-from disca.runtime.schedule import sigmas
+from disca.runtime.sampler import denoise_cfg
 from disca.task import sample_batch, score
 from disca.training.evaluation import eval_set
 
@@ -51,21 +51,14 @@ def export_teacher(teacher_dir: str, out: str) -> Bundle:
 
 
 def teacher_cfg(bundle: Bundle, prompts, noise, steps: int, shift: float, guidance: float):
-    """Euler sampling with classifier-free guidance on ONNX Runtime: two full passes per step."""
+    """-> clips, ms per clip of 50-step CFG sampling on ONNX Runtime (two full passes per step)."""
     pipe = Pipeline(bundle, OnnxRuntimeBackend(bundle).activate())
-    sig = sigmas(steps, shift).astype(np.float32)
     clips, ms = [], 0.0
     for i, p in enumerate(prompts):
         text = pipe.embed_prompt(p)[None]
         null = pipe.text_table[np.zeros(text.shape[1], dtype=np.int64)][None]  # row 0: the null prompt
-        x = noise[i : i + 1].copy()
-        t0 = time.perf_counter()
-        for k in range(steps):
-            t = np.full(1, sig[k], dtype=np.float32)
-            cond, _ = pipe.backend.full(x, t, t, text)
-            uncond, _ = pipe.backend.full(x, t, t, null)
-            x = x + (sig[k + 1] - sig[k]) * (uncond + guidance * (cond - uncond))
-        ms += (time.perf_counter() - t0) * 1e3
+        x, stats = denoise_cfg(pipe.backend, noise[i : i + 1], text, null, steps=steps, shift=shift, guidance=guidance)
+        ms += stats.total_ms
         clips.append(np.clip(x[0], -1, 1))
     pipe.close()
     return np.stack(clips), ms / len(prompts)

@@ -98,7 +98,7 @@ def test_inspect_reports_and_verifies(tiny_bundle, bundle_copy):
     result = invoke(export_cli, ["inspect", tiny_bundle, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["ok"] and report["params"]["predictor"] > 0 and set(report["graphs"]) == {"full", "predictor"}
+    assert report["ok"] and report["params"]["predictor"] > 0 and set(report["graphs"]) == {"full", "predictor", "head"}
     human = invoke(export_cli, ["inspect", tiny_bundle]).output
     assert "DiT" in human and "% of the DiT" in human and "OK" in human
     data = bundle_copy / "predictor.onnx.data"
@@ -139,7 +139,7 @@ def test_export_cli_writes_a_bundle_and_guards_the_old_one(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "x"], "give exactly one of --preset NAME or --checkpoint DIR"),
+        (["--out", "x"], "give exactly one of --preset NAME, --checkpoint DIR or --from diffusers:PATH"),
         (["--preset", "tiny", "--checkpoint", "c", "--out", "x"], "give exactly one"),
         (["--checkpoint", "nope", "--out", "x"], "config.json is missing"),
         (["--preset", "tiny", "--out", "x", "--height", "3:8"], "multiples of the patch size 2"),

@@ -32,6 +32,12 @@ def main():
     "--preset", type=click.Choice(PRESET_NAMES), help="Export an untrained model of this preset (random weights)."
 )
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Export a trained checkpoint directory.")
+@click.option(
+    "--from",
+    "source",
+    help="diffusers:PATH - a local diffusers Wan2.1 / HunyuanVideo transformer directory (fresh predictor).",
+)
+@click.option("--predictor-depth", default=2, show_default=True, help="With --from: predictor blocks.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option(
     "--opset",
@@ -59,6 +65,8 @@ def main():
 def onnx_cmd(
     preset,
     checkpoint,
+    source,
+    predictor_depth,
     out,
     opset,
     batch,
@@ -83,8 +91,8 @@ def onnx_cmd(
       disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8
       disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20
     """
-    if (preset is None) == (checkpoint is None):
-        raise click.UsageError("give exactly one of --preset NAME or --checkpoint DIR")
+    if sum(x is not None for x in (preset, checkpoint, source)) != 1:
+        raise click.UsageError("give exactly one of --preset NAME, --checkpoint DIR or --from diffusers:PATH")
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} already exists: choose another --out or pass --overwrite")
     precisions = ["fp32", *(p.strip().lower() for p in precision.split(",") if p.strip() not in ("", "fp32"))]
@@ -97,7 +105,16 @@ def onnx_cmd(
     from disca.models import build, load_checkpoint, randomize_
     from disca.models import preset as get_preset
 
-    if checkpoint is not None:
+    if source is not None:
+        kind, _, path = source.partition(":")
+        if kind != "diffusers" or not path:
+            raise click.BadParameter(f"expected diffusers:PATH, got {source!r}", param_hint="--from")
+        from disca.models.adapters import load_diffusers
+
+        dit, predictor = load_diffusers(path, predictor_depth=predictor_depth)
+        cfg, text, no_weights = dit.model_config(predictor_depth=predictor_depth), None, True
+        note = f"diffusers:{path} ({type(dit.model).__name__}), untrained predictor"
+    elif checkpoint is not None:
         ckpt = load_checkpoint(checkpoint, require_predictor=False)
         cfg, dit, predictor, text = ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text
         note = f"checkpoint {checkpoint}"

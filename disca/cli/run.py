@@ -28,6 +28,13 @@ from disca.runtime.video import check_path, write
 @click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
 @click.option("--shift", type=float, help="Sigma shift (default: the bundle's schedule).")
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
+@click.option(
+    "--policy",
+    type=click.Choice(["disca", "reuse", "taylorseer1", "taylorseer2"]),
+    default="disca",
+    show_default=True,
+    help="What non-anchor steps run: the learned predictor, or a training-free baseline.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
 @click.option(
@@ -61,6 +68,7 @@ def main(
     steps,
     shift,
     schedule,
+    policy,
     seed,
     backend,
     providers,
@@ -107,6 +115,7 @@ def main(
                 steps=steps,
                 shift=shift,
                 anchors=anchors,
+                policy=policy,
                 seed=seed,
                 frames=frames,
                 height=height,

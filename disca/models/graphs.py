@@ -2,6 +2,8 @@
 
     FullGraph:      (latent, t, r, text)         -> velocity, hidden   (anchor step)
     PredictorGraph: (latent, t, r, text, hidden) -> velocity           (cached step)
+    HeadGraph:      (latent, t, r, text, hidden) -> velocity           (training-free cached step: the
+                                                                        hidden state reused or extrapolated)
 
 The predictor graph carries the DiT's embedders and head around the predictor,
 so a cached step is one call.
@@ -36,3 +38,15 @@ class PredictorGraph(nn.Module):
         tokens, vec, rope = self.dit.embed(latent, t, r, text)
         predicted = self.predictor(tokens, hidden, vec, rope)  # (B, N, H)
         return self.dit.head(predicted, vec, latent, t)
+
+
+class HeadGraph(nn.Module):
+    """The DiT without its trunk: the velocity from a given final hidden state (FORA / TaylorSeer baselines)."""
+
+    def __init__(self, dit: VideoDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, t, r, text, hidden):
+        _, vec, _ = self.dit.embed(latent, t, r, text)
+        return self.dit.head(hidden, vec, latent, t)

@@ -22,7 +22,7 @@ from disca.bundle import Bundle
 from disca.errors import BundleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
-from disca.runtime.schedule import DiscaPolicy, FullPolicy, Policy, check_anchors
+from disca.runtime.schedule import FullPolicy, Policy, check_anchors, make_policy
 from disca.runtime.text import Vocabulary, hash_embed
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
@@ -75,7 +75,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- sampling
 
-    def _policy(self, steps: int, anchors) -> Policy:
+    def _policy(self, steps: int, anchors, policy: str = "disca") -> Policy:
         if anchors == "full":
             return FullPolicy()
         if anchors is None:
@@ -86,21 +86,31 @@ class Pipeline:
                     f"not {steps}: pass a schedule for {steps} steps"
                 )
             anchors = default.anchors
-        return DiscaPolicy(check_anchors(anchors, steps))
+        return make_policy(policy, check_anchors(anchors, steps))
 
     def denoise(
-        self, latent: np.ndarray, text: np.ndarray, *, steps=None, shift=None, anchors=None, on_step=None
+        self,
+        latent: np.ndarray,
+        text: np.ndarray,
+        *,
+        steps=None,
+        shift=None,
+        anchors=None,
+        policy: str = "disca",
+        on_step=None,
     ) -> tuple[np.ndarray, RunStats]:
         """Denoise your own initial latent (B, C, F, H, W) with your text embeddings (B, L, Dt).
 
         anchors: list of anchor steps, "full" for every step full, None for the bundle's default.
+        policy: what the non-anchor steps run: "disca" (the learned predictor) or a training-free
+        baseline, "reuse" or "taylorseer1" / "taylorseer2".
         """
         steps = steps or self.bundle.schedule.steps
         shift = shift or self.bundle.schedule.shift
-        policy = self._policy(steps, anchors)
+        chosen = self._policy(steps, anchors, policy)
         latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
         self._check_shapes(latent, text)
-        return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=policy, on_step=on_step)
+        return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)
 
     def generate(
         self,
@@ -110,6 +120,7 @@ class Pipeline:
         steps: int | None = None,
         shift: float | None = None,
         anchors=None,
+        policy: str = "disca",
         seed: int = 0,
         frames: int | None = None,
         height: int | None = None,
@@ -126,7 +137,9 @@ class Pipeline:
         ranges = self.bundle.ranges
         frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
         noise = np.random.default_rng(seed).standard_normal((batch, self.bundle.channels, frames, height, width))
-        latent, stats = self.denoise(noise, text, steps=steps, shift=shift, anchors=anchors, on_step=on_step)
+        latent, stats = self.denoise(
+            noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, on_step=on_step
+        )
         return Result(latent, stats, None if anchors == "full" else anchors or self.bundle.schedule.anchors)
 
     def _check_shapes(self, latent: np.ndarray, text: np.ndarray) -> None:

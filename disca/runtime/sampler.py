@@ -25,11 +25,12 @@ class RunStats:
     policy: str
     steps: int
     full_calls: int = 0
-    predictor_calls: int = 0
+    predictor_calls: int = 0  # cached steps, whichever graph ran them (`cached_graph`)
     full_ms: float = 0.0  # time inside full-graph calls, summed
     predictor_ms: float = 0.0  # time inside predictor-graph calls, summed
     total_ms: float = 0.0  # the whole loop
-    per_step: list = field(default_factory=list)  # (step, "full" | "predictor", ms)
+    per_step: list = field(default_factory=list)  # (step, "full" | "predictor" | "head", ms)
+    cached_graph: str = "predictor"
 
     @property
     def overhead_ms(self) -> float:
@@ -42,6 +43,7 @@ class RunStats:
         return {
             "backend": self.backend,
             "policy": self.policy,
+            "cached_graph": self.cached_graph,
             "steps": self.steps,
             "full_calls": self.full_calls,
             "predictor_calls": self.predictor_calls,
@@ -67,7 +69,7 @@ def denoise(
     sig = sigmas(steps, shift).astype(np.float32)
     policy.reset(steps)
     batch = latent.shape[0]
-    stats = RunStats(backend.name, policy.name, steps)
+    stats = RunStats(backend.name, policy.name, steps, cached_graph=policy.cached_graph)
     times = [backend.asarray(np.full(batch, s, dtype=np.float32)) for s in sig]  # built once, off the loop
     start = time.perf_counter()
     x = backend.asarray(latent)
@@ -79,11 +81,12 @@ def denoise(
         t0 = time.perf_counter()
         if full:
             u, cache = backend.full(x, t, r, text)
+            policy.observe(backend, i, float(sig[i]), cache)
         else:
-            u = backend.predict(x, t, r, text, cache)
+            u = policy.cached_velocity(backend, i, float(sig[i]), x, t, r, text, cache)
         backend.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
-        graph = "full" if full else "predictor"
+        graph = "full" if full else policy.cached_graph
         if full:
             stats.full_calls += 1
             stats.full_ms += ms
@@ -96,6 +99,37 @@ def denoise(
         x = x + float(sig[i + 1] - sig[i]) * u
         if on_step is not None:
             on_step(i, graph, ms)
+    out = backend.to_numpy(x)
+    stats.total_ms = (time.perf_counter() - start) * 1e3
+    return out, stats
+
+
+def denoise_cfg(
+    backend: Backend,
+    latent: np.ndarray,
+    text: np.ndarray,
+    null_text: np.ndarray,
+    *,
+    steps: int,
+    shift: float,
+    guidance: float,
+) -> tuple[np.ndarray, RunStats]:
+    """Euler sampling of a flow-matching (teacher) bundle with classifier-free guidance: two full
+    passes per step, v = v_null + guidance * (v_text - v_null). The reference a DisCa student is
+    distilled from and measured against."""
+    sig = sigmas(steps, shift).astype(np.float32)
+    stats = RunStats(backend.name, f"cfg{guidance:g}", steps)
+    start = time.perf_counter()
+    x, text, null_text = backend.asarray(latent), backend.asarray(text), backend.asarray(null_text)
+    for i in range(steps):
+        t = backend.asarray(np.full(latent.shape[0], sig[i], dtype=np.float32))
+        t0 = time.perf_counter()
+        cond, _ = backend.full(x, t, t, text)
+        uncond, _ = backend.full(x, t, t, null_text)
+        backend.synchronize()
+        stats.full_calls += 2
+        stats.full_ms += (time.perf_counter() - t0) * 1e3
+        x = x + float(sig[i + 1] - sig[i]) * (uncond + guidance * (cond - uncond))
     out = backend.to_numpy(x)
     stats.total_ms = (time.perf_counter() - start) * 1e3
     return out, stats

@@ -47,15 +47,26 @@ def parse_anchors(text: str) -> list[int]:
 
 
 class Policy:
-    """Decides, step by step, whether to run the full DiT (refresh the cache) or the predictor."""
+    """Step by step: run the full DiT (refresh the cache), or a cheap cached step.
+
+    Decision and math are separate (as diffusers' cache hooks): `is_full` decides, and
+    `observe` (after a full step) / `cached_velocity` (on a cached step) do the math.
+    """
 
     name = "base"
+    cached_graph = "predictor"  # the graph a cached step runs (for the statistics)
 
     def reset(self, steps: int) -> None:
         self.steps = steps
 
     def is_full(self, step: int) -> bool:
         raise NotImplementedError
+
+    def observe(self, backend, step: int, sigma: float, cache) -> None:
+        """Called after each full step with its cache."""
+
+    def cached_velocity(self, backend, step: int, sigma: float, x, t, r, text, cache):
+        return backend.predict(x, t, r, text, cache)
 
 
 class FullPolicy(Policy):
@@ -67,10 +78,8 @@ class FullPolicy(Policy):
         return True
 
 
-class DiscaPolicy(Policy):
-    """Anchor steps run the full DiT; the others run the learned predictor on the cache."""
-
-    name = "disca"
+class AnchorPolicy(Policy):
+    """Anchor steps (a fixed list) run the full DiT; the policy's math fills the others."""
 
     def __init__(self, anchors):
         self.anchors = list(anchors)
@@ -83,12 +92,66 @@ class DiscaPolicy(Policy):
         return step in self._anchors
 
 
-POLICIES = {"disca": DiscaPolicy, "full": FullPolicy}
+class DiscaPolicy(AnchorPolicy):
+    """DisCa: the learned predictor forecasts the hidden state from the cache and the current input."""
+
+    name = "disca"
+
+
+class ReusePolicy(AnchorPolicy):
+    """FORA-style: the last anchor's hidden state, unchanged, through the DiT's head (the degenerate predictor)."""
+
+    name = "reuse"
+    cached_graph = "head"
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        return backend.head(x, t, r, text, cache)
+
+
+class TaylorSeerPolicy(AnchorPolicy):
+    """TaylorSeer-style: extrapolate the hidden state in sigma from the last order+1 anchors (Newton's divided
+    differences: order 1 is linear, order 2 quadratic), then the DiT's head. Fewer anchors so far: lower order."""
+
+    cached_graph = "head"
+
+    def __init__(self, anchors, order: int = 1):
+        super().__init__(anchors)
+        if order not in (1, 2):
+            raise ScheduleError(f"taylorseer order must be 1 or 2, got {order}")
+        self.order = order
+        self.name = f"taylorseer{order}"
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.history: list[tuple[float, np.ndarray]] = []
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        self.history = [*self.history, (sigma, backend.to_numpy(cache).astype(np.float64))][-(self.order + 1) :]
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        xs = [s for s, _ in self.history]
+        coef = [h for _, h in self.history]  # divided differences, computed in place
+        for level in range(1, len(xs)):
+            for k in range(len(xs) - 1, level - 1, -1):
+                coef[k] = (coef[k] - coef[k - 1]) / (xs[k] - xs[k - level])
+        hidden, basis = coef[0].copy(), 1.0
+        for k in range(1, len(xs)):
+            basis = basis * (sigma - xs[k - 1])
+            hidden += basis * coef[k]
+        return backend.head(x, t, r, text, backend.asarray(hidden.astype(np.float32)))
+
+
+POLICIES = ("disca", "full", "reuse", "taylorseer1", "taylorseer2")
 
 
 def make_policy(name: str, anchors=None) -> Policy:
-    if name == "disca":
-        return DiscaPolicy(anchors if anchors is not None else DEFAULT_SCHEDULE.anchors)
+    anchors = anchors if anchors is not None else DEFAULT_SCHEDULE.anchors
     if name == "full":
         return FullPolicy()
+    if name == "disca":
+        return DiscaPolicy(anchors)
+    if name == "reuse":
+        return ReusePolicy(anchors)
+    if name in ("taylorseer1", "taylorseer2"):
+        return TaylorSeerPolicy(anchors, order=int(name[-1]))
     raise ScheduleError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")

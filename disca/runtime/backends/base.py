@@ -2,7 +2,8 @@
 
 A backend runs the bundle's two graphs:
     full(latent, t, r, text)           -> (velocity, cache)   anchor step
-    predict(latent, t, r, text, cache) -> velocity            cached step
+    predict(latent, t, r, text, cache) -> velocity            cached step (learned predictor)
+    head(latent, t, r, text, hidden)   -> velocity            cached step (training-free baselines)
 Arrays are the backend's own (numpy, torch tensors, ...): the sampler only adds
 and scales them, so latents and the cache can stay on the device between steps.
 The cache is opaque to the sampler: it is written by `full` and read in place by
@@ -54,6 +55,11 @@ class Backend:
             raise DiscaError("predict() needs a cache: run full() first (step 0 must be an anchor)")
         return self._predict_impl(latent, t, r, text, cache)
 
+    def head(self, latent, t, r, text, hidden):
+        """Velocity from a given final hidden state (the training-free baselines' cached step)."""
+        self._require_active()
+        return self._head_impl(latent, t, r, text, hidden)
+
     def _require_active(self) -> None:
         if not self.active:
             raise DiscaError(f"the {self.name} backend is not active: use it as a context manager or call activate()")
@@ -85,3 +91,6 @@ class Backend:
 
     def _predict_impl(self, latent, t, r, text, cache):
         raise NotImplementedError
+
+    def _head_impl(self, latent, t, r, text, hidden):
+        raise DiscaError(f"the {self.name} backend does not run the head graph (needed by reuse / taylorseer)")

@@ -28,7 +28,7 @@ class TorchBackend(Backend):
             import torch
 
             from disca.models import load_checkpoint
-            from disca.models.graphs import FullGraph, PredictorGraph
+            from disca.models.graphs import FullGraph, HeadGraph, PredictorGraph
         except ImportError:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'disca[torch]'") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -44,9 +44,10 @@ class TorchBackend(Backend):
         self.torch = torch
         self.full_graph = FullGraph(dit).to(self.device)
         self.predictor_graph = PredictorGraph(dit, predictor).to(self.device)
+        self.head_graph = HeadGraph(dit).to(self.device)
 
     def _deactivate_impl(self) -> None:
-        self.full_graph = self.predictor_graph = None
+        self.full_graph = self.predictor_graph = self.head_graph = None
 
     def _full_impl(self, latent, t, r, text):
         with self.torch.inference_mode():
@@ -55,6 +56,10 @@ class TorchBackend(Backend):
     def _predict_impl(self, latent, t, r, text, cache):
         with self.torch.inference_mode():
             return self.predictor_graph(latent, t, r, text, cache)
+
+    def _head_impl(self, latent, t, r, text, hidden):
+        with self.torch.inference_mode():
+            return self.head_graph(latent, t, r, text, hidden)
 
     def asarray(self, a: np.ndarray):
         return self.torch.from_numpy(np.array(a, dtype=np.float32)).to(

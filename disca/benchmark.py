@@ -1,0 +1,167 @@
+"""`disca-bench`: DisCa against the training-free caches on one bundle, quality vs speed.
+
+Every policy runs at several anchor budgets on the same prompts x seeds, one clip at a time
+(batch 1, wall time per clip), on one backend. Quality is measured against all-full sampling
+of the same student from the same noise (PSNR / SSIM), and as prompt adherence where the
+bundle was trained on disca's synthetic task. The teacher's CFG sampling is the top reference
+when its bundle is given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disca.bundle import Bundle
+from disca.calibration.dataset import CalibrationSet, uses_task_vocabulary
+from disca.calibration.schedule_search import uniform_anchors
+from disca.metrics import psnr, ssim
+from disca.runtime.backends import get_backend
+from disca.runtime.sampler import denoise, denoise_cfg
+from disca.runtime.schedule import OFFICIAL_ANCHORS, FullPolicy, make_policy
+
+DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2")
+
+
+def anchor_list(bundle: Bundle, steps: int, k: int) -> list[int]:
+    """The bundle's default list when it has k anchors, else the official list, else uniform spacing."""
+    default = bundle.schedule
+    if default.steps == steps and len(default.anchors) == k:
+        return list(default.anchors)
+    return list(OFFICIAL_ANCHORS.get((steps, k), uniform_anchors(steps, k)))
+
+
+def _runs(backend, cal: CalibrationSet, policy_factory, steps, shift):
+    """-> (outputs (n, ...), ms per clip, passes {graph: count per clip})."""
+    outs, ms, passes = [], 0.0, {}
+    for i in range(len(cal)):
+        out, stats = denoise(
+            backend, cal.noise[i : i + 1], cal.texts[i][None], steps=steps, shift=shift, policy=policy_factory()
+        )
+        outs.append(out[0])
+        ms += stats.total_ms
+        passes["full"] = passes.get("full", 0) + stats.full_calls
+        if stats.predictor_calls:
+            passes[stats.cached_graph] = passes.get(stats.cached_graph, 0) + stats.predictor_calls
+    return np.stack(outs), ms / len(cal), {g: c / len(cal) for g, c in passes.items()}
+
+
+def run_benchmark(
+    bundle_path,
+    cal: CalibrationSet,
+    *,
+    policies=DEFAULT_POLICIES,
+    budgets=(12, 8, 5, 3),
+    backend: str = "onnxruntime",
+    backend_options=None,
+    teacher_path=None,
+    teacher_steps: int = 50,
+    guidance: float = 4.0,
+    log=lambda msg: None,
+) -> dict:
+    bundle = Bundle.open(bundle_path)
+    steps, shift = bundle.schedule.steps, bundle.schedule.shift
+    task = uses_task_vocabulary(bundle)
+
+    def adherence(outs):
+        from disca.task import score
+
+        return round(score(np.clip(outs, -1, 1), cal.prompts)["all"], 4)
+
+    rows = []
+    with get_backend(backend, bundle, **(backend_options or {})) as b:
+        log(f"all-full reference: {len(cal)} clips x {steps} steps")
+        ref, full_ms, full_passes = _runs(b, cal, FullPolicy, steps, shift)
+        rows.append({"policy": "full", "anchors": steps, "ms_per_clip": full_ms, "passes": full_passes})
+        if task:
+            rows[0]["adherence"] = adherence(ref)
+        for k in budgets:
+            anchors = anchor_list(bundle, steps, k)
+            for name in policies:
+                outs, ms, passes = _runs(b, cal, lambda name=name, a=anchors: make_policy(name, a), steps, shift)
+                row = {"policy": name, "anchors": k, "anchor_list": anchors, "ms_per_clip": ms, "passes": passes}
+                row["psnr_db"], row["ssim"] = round(psnr(outs, ref), 3), round(ssim(outs, ref), 4)
+                if task:
+                    row["adherence"] = adherence(outs)
+                rows.append(row)
+                log(f"  {name:12s} K={k:2d}: {full_ms / ms:4.2f}x, {row['psnr_db']:6.2f} dB")
+    for row in rows:
+        row["speedup_vs_full"] = round(full_ms / row["ms_per_clip"], 3)
+    report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps, "rows": rows}
+    if teacher_path is not None:
+        teacher = Bundle.open(teacher_path)
+        table = np.load(teacher.path / teacher.manifest["text"]["file"])
+        with get_backend(backend, teacher, **(backend_options or {})) as b:
+            outs, ms = [], 0.0
+            for i in range(len(cal)):
+                null = table[np.zeros(cal.texts[i].shape[0], dtype=np.int64)][None]  # row 0: the null prompt
+                out, stats = denoise_cfg(
+                    b,
+                    cal.noise[i : i + 1],
+                    cal.texts[i][None],
+                    null,
+                    steps=teacher_steps,
+                    shift=shift,
+                    guidance=guidance,
+                )
+                outs.append(out[0])
+                ms += stats.total_ms
+        teacher_row = {"policy": f"teacher {teacher_steps}-step CFG", "ms_per_clip": ms / len(cal)}
+        teacher_row["passes"] = {"full": 2 * teacher_steps}
+        if task:
+            teacher_row["adherence"] = adherence(np.stack(outs))
+        report["teacher"] = teacher_row
+        for row in rows:
+            row["speedup_vs_teacher"] = round(teacher_row["ms_per_clip"] / row["ms_per_clip"], 3)
+    return report
+
+
+def markdown(report: dict) -> str:
+    has_adh = any("adherence" in r for r in report["rows"])
+    has_teacher = "teacher" in report
+    head = ["policy", "anchors", "passes / clip", "ms / clip", "speedup vs full"]
+    head += ["speedup vs teacher"] if has_teacher else []
+    head += ["PSNR vs full (dB)", "SSIM"] + (["adherence"] if has_adh else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = ([report["teacher"]] if has_teacher else []) + report["rows"]
+    for r in rows:
+        passes = ", ".join(f"{v:g} {g}" for g, v in r["passes"].items())
+        cells = [r["policy"], str(r.get("anchors", "")), passes, f"{r['ms_per_clip']:.0f}"]
+        cells.append(f"{r['speedup_vs_full']:.2f}x" if "speedup_vs_full" in r else "")
+        if has_teacher:
+            cells.append(f"{r['speedup_vs_teacher']:.2f}x" if "speedup_vs_teacher" in r else "1.00x")
+        cells += [f"{r['psnr_db']:.2f}" if "psnr_db" in r else "", f"{r['ssim']:.3f}" if "ssim" in r else ""]
+        cells += [f"{r['adherence']:.3f}" if "adherence" in r else ""] if has_adh else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    """PSNR (and adherence) vs speedup over all-full, one curve per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["policy"] != "full"]
+    has_adh = any("adherence" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_adh else 1, figsize=(11 if has_adh else 6, 4), dpi=120, squeeze=False)
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        pts = sorted((r["speedup_vs_full"], r) for r in rows if r["policy"] == policy)
+        axes[0][0].plot([s for s, _ in pts], [r["psnr_db"] for _, r in pts], "o-", label=policy)
+        if has_adh:
+            axes[0][1].plot([s for s, _ in pts], [r["adherence"] for _, r in pts], "o-", label=policy)
+    axes[0][0].set_ylabel("PSNR vs all-full student (dB)")
+    if has_adh:
+        full = report["rows"][0].get("adherence")
+        axes[0][1].axhline(full, color="gray", linestyle="--", label="all-full student")
+        if "teacher" in report:
+            axes[0][1].axhline(report["teacher"]["adherence"], color="black", linestyle=":", label="teacher CFG")
+        axes[0][1].set_ylabel("prompt adherence")
+    for ax in axes[0]:
+        ax.set_xlabel("speedup over all-full sampling (measured)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{report['samples']} clips, {report['steps']} steps, {report['backend']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
