@@ -7,13 +7,13 @@ set -euo pipefail
 runs=${RUNS:-runs}
 
 disca-train teacher --preset demo --out "$runs/teacher" --batch 16 --lr 5e-4 --ema 0.999 \
-    --ckpt-every 50 --eval-every 500 --steps "${TEACHER_STEPS:-5000}"
+    --ckpt-every 50 --eval-every 500 --steps "${TEACHER_STEPS:-4000}"
 disca-train distill --teacher "$runs/teacher" --out "$runs/student" --batch 8 --lr 2e-4 --max-gap 2 \
-    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-600}"
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}"
 disca-train distill --teacher "$runs/teacher" --out "$runs/student-plain" --plain --batch 8 --lr 2e-4 \
-    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-600}"
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}"
 disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajectories 96 --batch 16 \
-    --lr 5e-4 --ema 0.99 --ckpt-every 50 --eval-every 200 --steps "${PREDICTOR_STEPS:-800}"
+    --lr 5e-4 --ema 0.99 --ckpt-every 50 --eval-every 1000 --steps "${PREDICTOR_STEPS:-3000}"
 disca-export onnx --checkpoint "$runs/predictor" --out disca/demo --no-weights --overwrite
 disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite
 python scripts/eval_demo.py --bundle disca/demo --teacher "$runs/teacher" --plain-bundle "$runs/bundle-plain" \
