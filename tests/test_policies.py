@@ -90,7 +90,7 @@ def test_bundle_without_head_graph_is_a_clear_error(bundle_copy):
     del m["graphs"]["head"]
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
     with Pipeline.load(bundle_copy) as pipe:
-        with pytest.raises(DiscaError, match="has no head graph"):
+        with pytest.raises(DiscaError, match="has no fp32 head graph"):
             pipe.denoise(np.zeros((1, 3, 2, 8, 8)), np.zeros((1, 4, 16)), steps=4, anchors=[0, 2], policy="reuse")
 
 

@@ -51,7 +51,9 @@ class OnnxRuntimeBackend(Backend):
         # steals the cores from the other one (measured on 2 cores: full step 121 ms with spinning vs 65 ms without).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         self.sessions = {}
-        graphs = ["full", "predictor"] + (["head"] if "head" in self.bundle.manifest["graphs"] else [])
+        # The head graph (training-free baselines only) is optional: older bundles, or a precision without it.
+        head = self.bundle.manifest["graphs"].get("head", {}).get("variants", {})
+        graphs = ["full", "predictor"] + (["head"] if self.precision in head else [])
         for graph in graphs:
             path = self.bundle.graph_path(graph, self.precision)
             try:
@@ -94,7 +96,10 @@ class OnnxRuntimeBackend(Backend):
 
     def _head_impl(self, latent, t, r, text, hidden):
         if "head" not in self.sessions:
-            raise DiscaError(f"bundle {self.bundle.path} has no head graph: re-export it with this disca version")
+            raise DiscaError(
+                f"bundle {self.bundle.path} has no {self.precision} head graph (reuse / taylorseer need it): "
+                "re-export it with this disca version"
+            )
         (velocity,) = self._run("head", {"latent": latent, "t": t, "r": r, "text": text}, cache=hidden)
         return velocity.numpy()
 
