@@ -132,7 +132,7 @@ def train_predictor(
 
     extra = {
         "anchors": list(anchors),
-        "steps": steps,
+        "grid_steps": steps,  # not "steps": that key is the optimizer steps of the train args
         "shift": shift,
         "trajectories": trajectories,
         "velocity_weight": velocity_weight,
