@@ -16,6 +16,7 @@ from disca.calibration.dataset import CalibrationSet, uses_task_vocabulary
 from disca.calibration.schedule_search import uniform_anchors
 from disca.metrics import psnr, ssim
 from disca.runtime.backends import get_backend
+from disca.runtime.pipeline import Pipeline
 from disca.runtime.sampler import denoise, denoise_cfg
 from disca.runtime.schedule import OFFICIAL_ANCHORS, FullPolicy, make_policy
 
@@ -89,11 +90,11 @@ def run_benchmark(
     report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps, "rows": rows}
     if teacher_path is not None:
         teacher = Bundle.open(teacher_path)
-        table = np.load(teacher.path / teacher.manifest["text"]["file"])
+        nulls = Pipeline(teacher, backend=None)
         with get_backend(backend, teacher, **(backend_options or {})) as b:
             outs, ms = [], 0.0
             for i in range(len(cal)):
-                null = table[np.zeros(cal.texts[i].shape[0], dtype=np.int64)][None]  # row 0: the null prompt
+                null = nulls.embed_null(cal.texts[i].shape[0])[None]
                 out, stats = denoise_cfg(
                     b,
                     cal.noise[i : i + 1],

@@ -140,3 +140,15 @@ def dummy_inputs(graph: GraphSpec, dims: dict, patch: tuple[int, int, int], seed
         else:
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     return feeds
+
+
+def export_shapes(ranges: ShapeRanges) -> tuple[dict, dict]:
+    """The example shape to trace at and a second shape, different on every axis the ranges allow."""
+    first = {d: getattr(ranges, d)[1] for d in DIMS}
+    lo, _, hi = ranges.batch
+    first["batch"] = min(max(2, lo), hi)  # dynamo specialises a batch of 1
+    second = {}
+    for d in DIMS:
+        lo, _, hi = getattr(ranges, d)
+        second[d] = lo if first[d] != lo else hi
+    return first, second

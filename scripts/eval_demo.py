@@ -56,7 +56,7 @@ def teacher_cfg(bundle: Bundle, prompts, noise, steps: int, shift: float, guidan
     clips, ms = [], 0.0
     for i, p in enumerate(prompts):
         text = pipe.embed_prompt(p)[None]
-        null = pipe.text_table[np.zeros(text.shape[1], dtype=np.int64)][None]  # row 0: the null prompt
+        null = pipe.embed_null(text.shape[1])[None]
         x, stats = denoise_cfg(pipe.backend, noise[i : i + 1], text, null, steps=steps, shift=shift, guidance=guidance)
         ms += stats.total_ms
         clips.append(np.clip(x[0], -1, 1))

@@ -17,23 +17,13 @@ from disca.exporter.precision import TOLERANCES
 from disca.exporter.validate import compare
 from disca.metrics import psnr
 from disca.runtime.backends import get_backend
-from disca.spec import DIMS, dummy_inputs
+from disca.spec import dummy_inputs, export_shapes
 
 DEFAULT_THRESHOLDS = {"min_psnr_db": 25.0, "max_adherence_drop": 0.02}
 
 
 def thresholds(bundle: Bundle) -> dict:
     return {**DEFAULT_THRESHOLDS, **bundle.manifest.get("thresholds", {})}
-
-
-def parity_shapes(bundle: Bundle) -> list[dict]:
-    """The two shapes of the export check: the opt point and one that differs on every axis."""
-    first, second = {}, {}
-    for d in DIMS:
-        lo, opt, hi = getattr(bundle.ranges, d)
-        first[d] = opt
-        second[d] = lo if opt != lo else hi
-    return [first, second]
 
 
 def _reference(bundle: Bundle):
@@ -79,7 +69,8 @@ def validate_bundle(bundle_path, cal: CalibrationSet, backends=("onnxruntime",),
     limits = thresholds(bundle)
     ref_name, ref_backend = _reference(bundle)
     feeds = [
-        dummy_inputs(bundle.specs["full"], dims, bundle.patch, seed=i) for i, dims in enumerate(parity_shapes(bundle))
+        dummy_inputs(bundle.specs["full"], dims, bundle.patch, seed=i)
+        for i, dims in enumerate(export_shapes(bundle.ranges))
     ]
     with ref_backend:
         reference = [_graph_outputs(ref_backend, f) for f in feeds]
@@ -100,7 +91,7 @@ def validate_bundle(bundle_path, cal: CalibrationSet, backends=("onnxruntime",),
             continue
         with backend:
             tol = TOLERANCES[precision]
-            for dims, f, ref in zip(parity_shapes(bundle), feeds, reference):
+            for dims, f, ref in zip(export_shapes(bundle.ranges), feeds, reference):
                 for key, got in _graph_outputs(backend, f).items():
                     c = compare(key.split(".")[0], key.split(".")[1], got, ref[key])
                     ok = c.rel_l2 <= tol.get("rel_l2", np.inf) and c.cosine >= tol.get("cosine", -np.inf)

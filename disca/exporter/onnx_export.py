@@ -29,22 +29,10 @@ from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
 from disca.models.graphs import FullGraph, HeadGraph, PredictorGraph
 from disca.runtime.schedule import DEFAULT_SCHEDULE
-from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, graph_specs
+from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, export_shapes, graph_specs
 
 TEXT_TABLE = "text_embedding.npy"
 OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14); 20: decomposed
-
-
-def export_shapes(ranges: ShapeRanges) -> tuple[dict, dict]:
-    """The example shape to trace at and a second shape, different on every axis the ranges allow."""
-    first = {d: getattr(ranges, d)[1] for d in DIMS}
-    lo, _, hi = ranges.batch
-    first["batch"] = min(max(2, lo), hi)  # dynamo specialises a batch of 1
-    second = {}
-    for d in DIMS:
-        lo, _, hi = getattr(ranges, d)
-        second[d] = lo if first[d] != lo else hi
-    return first, second
 
 
 def _dynamic_shapes(spec: GraphSpec, ranges: ShapeRanges, patch) -> dict:

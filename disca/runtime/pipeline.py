@@ -73,6 +73,12 @@ class Pipeline:
             return hash_embed(prompt, self.bundle.text_dim)
         return self.text_table[self.vocab.ids(prompt)]
 
+    def embed_null(self, length: int) -> np.ndarray:
+        """-> (length, Dt): the empty prompt (row 0 of the text table), for classifier-free guidance."""
+        if self.text_table is None:
+            raise BundleError(f"bundle {self.bundle.path} has no text table, so no null prompt for CFG")
+        return self.text_table[np.zeros(length, dtype=np.int64)]
+
     # ---------------------------------------------------------------- sampling
 
     def _policy(self, steps: int, anchors, policy: str = "disca") -> Policy:
