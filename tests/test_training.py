@@ -14,7 +14,7 @@ from disca.models.text import WordEmbedding
 from disca.training.distill import meanflow_target, sample_times, student_from_teacher, train_student
 from disca.training.flow import grid
 from disca.training.loop import TrainArgs
-from disca.training.predictor import schedule_pairs, train_predictor
+from disca.training.predictor import schedule_pairs, train_predictor, training_pairs
 from disca.training.teacher import teacher_config, train_teacher
 
 TINY = dict(batch=2, frames=2, size=16, ckpt_every=2, eval_every=0, eval_n=2, warmup=1)
@@ -75,6 +75,13 @@ def test_restricted_times_are_grid_neighbours():
 
 def test_schedule_pairs_follow_the_deployment_gaps():
     assert schedule_pairs([0, 1, 2, 5, 9], 12) == [(2, 3), (2, 4), (5, 6), (5, 7), (5, 8), (9, 10), (9, 11)]
+
+
+def test_training_pairs_add_every_gap_up_to_max_gap():
+    pairs = training_pairs([0, 2], 4, max_gap=2)
+    assert pairs[:2] == [(0, 1), (2, 3)] and len(set(pairs)) == len(pairs)  # the schedule first, each pair once
+    assert sorted(pairs) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
+    assert training_pairs([0, 2], 4) == schedule_pairs([0, 2], 4)
 
 
 def _weights(path):

@@ -129,13 +129,19 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
 @click.option("--shift", default=5.0, show_default=True)
 @click.option("--trajectories", default=128, show_default=True, help="Student sampling runs to learn from.")
 @click.option("--adversarial", default=0.0, show_default=True, help="Weight of the adversarial term (0: off).")
+@click.option(
+    "--max-gap",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also train on every gap up to this many steps (one predictor for several anchor budgets).",
+)
 @train_options
 @clean_errors
-def predictor_cmd(args, out, student_dir, schedule, grid_steps, shift, trajectories, adversarial):
+def predictor_cmd(args, out, student_dir, schedule, grid_steps, shift, trajectories, adversarial, max_gap):
     """Train the cache predictor on the frozen student's own trajectories."""
     from disca.runtime.schedule import parse_anchors
     from disca.training.predictor import train_predictor
 
     train_predictor(
-        out, student_dir, args, parse_anchors(schedule), grid_steps, shift, trajectories, adversarial=adversarial
+        out, student_dir, args, parse_anchors(schedule), grid_steps, shift, trajectories, adversarial=adversarial, max_gap=max_gap
     )

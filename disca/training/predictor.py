@@ -32,6 +32,15 @@ def schedule_pairs(anchors: list[int], steps: int) -> list[tuple[int, int]]:
     return [(max(a for a in anchors if a < s), s) for s in range(steps) if s not in anchors]
 
 
+def training_pairs(anchors: list[int], steps: int, max_gap: int | None = None) -> list[tuple[int, int]]:
+    """The schedule's pairs, plus (with `max_gap`) every (a, s) with 1 <= s - a <= max_gap: one predictor
+    then serves any anchor list whose gaps stay within max_gap (other budgets, searched schedules)."""
+    pairs = schedule_pairs(anchors, steps)
+    if max_gap:
+        pairs += [(a, a + g) for g in range(1, max_gap + 1) for a in range(steps - g) if (a, a + g) not in pairs]
+    return pairs
+
+
 @torch.no_grad()
 def collect_trajectories(dit, text, n: int, args: TrainArgs, steps: int, shift: float, seed: int, chunk: int = 16):
     """-> prompts, inputs (n, steps, C, F, H, W), hiddens (n, steps, N, D) of all-full student sampling."""
@@ -68,11 +77,12 @@ def train_predictor(
     trajectories: int = 128,
     velocity_weight: float = 1.0,
     adversarial: float = 0.0,
+    max_gap: int | None = None,
 ):
     student = load_checkpoint(student_dir, require_predictor=False)
     if not student.cfg.dit.mean_flow or student.text is None:
         raise CheckpointError(f"{student_dir} is not a distilled student: train it with `disca-train distill`")
-    pairs = schedule_pairs(list(anchors), steps)
+    pairs = training_pairs(list(anchors), steps, max_gap)
     resumed = resume_point(out, "predictor")
     if resumed:
         ckpt, start = resumed
@@ -137,6 +147,7 @@ def train_predictor(
         "trajectories": trajectories,
         "velocity_weight": velocity_weight,
         "adversarial": adversarial,
+        "max_gap": max_gap,
         "student": str(student_dir),
     }
     return train("predictor", out, ckpt, list(predictor.parameters()), loss_fn, evaluate, args, start, extra)
