@@ -143,5 +143,13 @@ def predictor_cmd(args, out, student_dir, schedule, grid_steps, shift, trajector
     from disca.training.predictor import train_predictor
 
     train_predictor(
-        out, student_dir, args, parse_anchors(schedule), grid_steps, shift, trajectories, adversarial=adversarial, max_gap=max_gap
+        out,
+        student_dir,
+        args,
+        parse_anchors(schedule),
+        grid_steps,
+        shift,
+        trajectories,
+        adversarial=adversarial,
+        max_gap=max_gap,
     )
