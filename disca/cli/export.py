@@ -37,7 +37,13 @@ def main():
     "source",
     help="diffusers:PATH - a local diffusers Wan2.1 / HunyuanVideo transformer directory (fresh predictor).",
 )
-@click.option("--predictor-depth", default=2, show_default=True, help="With --from: predictor blocks.")
+@click.option(
+    "--predictor",
+    "predictor_dir",
+    type=click.Path(path_type=Path),
+    help="With --from: a predictor trained on that model (`disca-train predictor --from ...`).",
+)
+@click.option("--predictor-depth", default=2, show_default=True, help="With --from: blocks of a fresh predictor.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option(
     "--opset",
@@ -66,6 +72,7 @@ def onnx_cmd(
     preset,
     checkpoint,
     source,
+    predictor_dir,
     predictor_depth,
     out,
     opset,
@@ -90,9 +97,12 @@ def onnx_cmd(
       disca-export onnx --preset demo --out bundles/demo
       disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8
       disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20
+      disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan
     """
     if sum(x is not None for x in (preset, checkpoint, source)) != 1:
         raise click.UsageError("give exactly one of --preset NAME, --checkpoint DIR or --from diffusers:PATH")
+    if predictor_dir is not None and source is None:
+        raise click.UsageError("--predictor goes with --from diffusers:PATH (a --checkpoint carries its predictor)")
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} already exists: choose another --out or pass --overwrite")
     precisions = ["fp32", *(p.strip().lower() for p in precision.split(",") if p.strip() not in ("", "fp32"))]
@@ -112,8 +122,13 @@ def onnx_cmd(
         from disca.models.adapters import load_diffusers
 
         dit, predictor = load_diffusers(path, predictor_depth=predictor_depth)
-        cfg, text, no_weights = dit.model_config(predictor_depth=predictor_depth), None, True
         note = f"diffusers:{path} ({type(dit.model).__name__}), untrained predictor"
+        if predictor_dir is not None:
+            from disca.models.adapters.predictor_checkpoint import load_predictor_checkpoint
+
+            predictor = load_predictor_checkpoint(predictor_dir, dit)
+            note = f"diffusers:{path} ({type(dit.model).__name__}), predictor {predictor_dir}"
+        cfg, text, no_weights = dit.model_config(predictor_depth=len(predictor.blocks)), None, True
     elif checkpoint is not None:
         ckpt = load_checkpoint(checkpoint, require_predictor=False)
         cfg, dit, predictor, text = ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text

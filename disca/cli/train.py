@@ -123,11 +123,25 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
 
 
 @main.command("predictor")
-@click.option("--student", "student_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--student", "student_dir", type=click.Path(path_type=Path), help="Our distilled student checkpoint.")
+@click.option(
+    "--from",
+    "source",
+    help="diffusers:PATH - a local diffusers Wan2.1 / HunyuanVideo transformer directory (frozen host).",
+)
+@click.option(
+    "--text-embeddings",
+    type=click.Path(path_type=Path),
+    help="With --from: the host's text-encoder states, .npy or .safetensors, (L, Dt) or (N, L, Dt).",
+)
+@click.option(
+    "--latent", default=None, help="With --from: latent F,H,W of the trajectories (default --frames,--size,--size)."
+)
+@click.option("--predictor-depth", default=2, show_default=True, help="With --from: predictor blocks.")
 @click.option("--schedule", default="0,1,2,5,9,13,17,19", show_default=True, help="Deployment anchor steps.")
 @click.option("--grid-steps", default=20, show_default=True)
 @click.option("--shift", default=5.0, show_default=True)
-@click.option("--trajectories", default=128, show_default=True, help="Student sampling runs to learn from.")
+@click.option("--trajectories", default=128, show_default=True, help="Host sampling runs to learn from.")
 @click.option("--adversarial", default=0.0, show_default=True, help="Weight of the adversarial term (0: off).")
 @click.option(
     "--max-gap",
@@ -137,19 +151,75 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
 )
 @train_options
 @clean_errors
-def predictor_cmd(args, out, student_dir, schedule, grid_steps, shift, trajectories, adversarial, max_gap):
-    """Train the cache predictor on the frozen student's own trajectories."""
-    from disca.runtime.schedule import parse_anchors
-    from disca.training.predictor import train_predictor
+def predictor_cmd(
+    args,
+    out,
+    student_dir,
+    source,
+    text_embeddings,
+    latent,
+    predictor_depth,
+    schedule,
+    grid_steps,
+    shift,
+    trajectories,
+    adversarial,
+    max_gap,
+):
+    """Train the cache predictor on the frozen host's own trajectories.
 
-    train_predictor(
+    \b
+    The host is our distilled student (--student DIR), or a diffusers transformer
+    (--from diffusers:PATH) sampled from your text embeddings:
+      disca-train predictor --student runs/student --out runs/predictor
+      disca-train predictor --from diffusers:wan/transformer --text-embeddings prompts.npy \\
+          --latent 4,30,52 --out runs/wan-predictor
+      disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan
+    """
+    from disca.runtime.schedule import parse_anchors
+
+    if (student_dir is None) == (source is None):
+        raise click.UsageError("give exactly one of --student DIR or --from diffusers:PATH")
+    anchors = parse_anchors(schedule)
+    common = dict(adversarial=adversarial, max_gap=max_gap, trajectories=trajectories)
+    if student_dir is not None:
+        from disca.training.predictor import train_predictor
+
+        train_predictor(out, student_dir, args, anchors, grid_steps, shift, **common)
+        return
+    kind, _, path = source.partition(":")
+    if kind != "diffusers" or not path:
+        raise click.BadParameter(f"expected diffusers:PATH, got {source!r}", param_hint="--from")
+    if text_embeddings is None:
+        raise click.UsageError("--from needs --text-embeddings FILE (the host's text-encoder states)")
+    shape = _latent_shape(latent, args.frames, args.size)
+    from disca.models.adapters import load_diffusers
+    from disca.training.predictor import load_text_embeddings, train_host_predictor
+
+    adapter, _ = load_diffusers(path, predictor_depth=predictor_depth)
+    text = load_text_embeddings(text_embeddings, adapter.text_dim)
+    train_host_predictor(
         out,
-        student_dir,
+        adapter,
+        text,
         args,
-        parse_anchors(schedule),
-        grid_steps,
-        shift,
-        trajectories,
-        adversarial=adversarial,
-        max_gap=max_gap,
+        source=source,
+        latent=shape,
+        depth=predictor_depth,
+        anchors=anchors,
+        steps=grid_steps,
+        shift=shift,
+        **common,
     )
+
+
+def _latent_shape(text: str | None, frames: int, size: int) -> tuple[int, int, int]:
+    if text is None:
+        return frames, size, size
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"expected F,H,W (latent frames, height, width), got {text!r}", param_hint="--latent")
+    return shape

@@ -1,29 +1,40 @@
-"""Stage 3: the cache predictor, trained on the frozen student's own sampling trajectories.
+"""Stage 3: the cache predictor, trained on the frozen host's own sampling trajectories.
 
-For random prompts and seeds the student samples with every step full, and we
-record each step's input latent and final hidden state. A training pair is
-(anchor step a, later step s) with the gaps of the deployment schedule: the
-cache is hidden[a], the target hidden[s], the predictor sees the embedding of
-the step-s input. Loss: feature regression, plus the same error measured after
-the DiT's (frozen) head, i.e. on the velocity; optionally the paper's
-adversarial term with a small token-wise discriminator (hinge loss).
+The host (our distilled student, or an adapted diffusers transformer) samples
+with every step full from given text embeddings and noises, and we record each
+step's input latent and final hidden state. A training pair is (anchor step a,
+later step s) with the gaps of the deployment schedule: the cache is hidden[a],
+the target hidden[s], the predictor sees the embedding of the step-s input.
+Loss: feature regression, plus the same error measured after the host's
+(frozen) head, i.e. on the velocity; optionally the paper's adversarial term
+with a small token-wise discriminator (hinge loss).
+
+    train_predictor(out, student_dir, args)                     our own student checkpoint, synthetic task
+    train_host_predictor(out, adapter, text, args, source=...)  a diffusers host (disca.models.adapters)
+
+Both call `fit_predictor`, which knows only the host's embed / trunk / head.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from disca.errors import CheckpointError
+from disca.errors import CheckpointError, ConfigError, ShapeError
 from disca.models import CachePredictor
 from disca.models.checkpoint import Checkpoint, load_checkpoint
-from disca.runtime.schedule import check_anchors
+from disca.runtime.schedule import DEFAULT_SCHEDULE, check_anchors
 from disca.task import sample_batch
 from disca.training.evaluation import eval_student
 from disca.training.flow import grid, student_trajectory
 from disca.training.loop import TrainArgs, train
 from disca.training.state import resume_point
+
+TRAJECTORY_SEED = 777  # second word of the trajectories' rng seed: keeps them apart from the training steps' draws
 
 
 def schedule_pairs(anchors: list[int], steps: int) -> list[tuple[int, int]]:
@@ -41,19 +52,40 @@ def training_pairs(anchors: list[int], steps: int, max_gap: int | None = None) -
     return pairs
 
 
+@dataclass
+class Trajectories:
+    """All-full sampling runs of the frozen host (kept on the CPU: they can be large)."""
+
+    text: torch.Tensor  # (n, L, Dt) each run's text embeddings
+    inputs: torch.Tensor  # (n, steps, C, F, H, W) each step's input latent
+    hiddens: torch.Tensor  # (n, steps, N, H) each step's trunk output: the cache at an anchor, else the target
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
 @torch.no_grad()
-def collect_trajectories(dit, text, n: int, args: TrainArgs, steps: int, shift: float, seed: int, chunk: int = 16):
-    """-> prompts, inputs (n, steps, C, F, H, W), hiddens (n, steps, N, D) of all-full student sampling."""
-    rng = np.random.default_rng([seed, 777])
-    _, prompts, _ = sample_batch(rng, n, args.frames, args.size)
-    noise = torch.from_numpy(rng.standard_normal((n, 3, args.frames, args.size, args.size)).astype(np.float32))
+def record_trajectories(host, text, noise, steps: int, shift: float, device="cpu", chunk: int = 16) -> Trajectories:
+    """Sample the host all-full from each (text[i], noise[i]) and record every step."""
     inputs, hiddens = [], []
-    for i in range(0, n, chunk):
-        txt = text.encode(prompts[i : i + chunk])
-        _, x, h = student_trajectory(dit, noise[i : i + chunk].to(args.device), txt, steps, shift)
+    for i in range(0, len(noise), chunk):
+        _, x, h = student_trajectory(
+            host, noise[i : i + chunk].to(device), text[i : i + chunk].to(device), steps, shift
+        )
         inputs.append(x.transpose(0, 1).cpu())
         hiddens.append(h.transpose(0, 1).cpu())
-    return prompts, torch.cat(inputs), torch.cat(hiddens)
+    return Trajectories(text.cpu(), torch.cat(inputs), torch.cat(hiddens))
+
+
+@torch.no_grad()
+def collect_trajectories(dit, text, n: int, args: TrainArgs, steps: int, shift: float, seed: int, chunk: int = 16):
+    """Our synthetic task: -> prompts, Trajectories of all-full student sampling from random prompts and noise."""
+    rng = np.random.default_rng([seed, TRAJECTORY_SEED])
+    _, prompts, _ = sample_batch(rng, n, args.frames, args.size)
+    noise = torch.from_numpy(rng.standard_normal((n, 3, args.frames, args.size, args.size)).astype(np.float32))
+    # The word embedding is frozen, so encoding once here equals encoding each training batch.
+    emb = torch.cat([text.encode(prompts[i : i + chunk]) for i in range(0, n, chunk)])
+    return prompts, record_trajectories(dit, emb, noise, steps, shift, args.device, chunk)
 
 
 class Discriminator(nn.Module):
@@ -65,6 +97,92 @@ class Discriminator(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).mean(dim=(1, 2))  # (B,)
+
+
+def pair_step(host, predictor, data: Trajectories, idx, a, s, sig, device):
+    """-> predicted and target hidden[s] for runs `idx` (cache hidden[a]), plus (vec, x, t) for the head."""
+    x = data.inputs[idx, s].to(device)
+    cache, target = data.hiddens[idx, a].to(device), data.hiddens[idx, s].to(device)
+    t, r = sig[s].to(device), sig[s + 1].to(device)
+    with torch.no_grad():
+        tokens, vec, rope = host.embed(x, t, r, data.text[idx].to(device))
+    return predictor(tokens, cache, vec, rope), target, (vec, x, t)
+
+
+@torch.no_grad()
+def feature_error(
+    host, predictor, data: Trajectories, pairs, steps, shift, device="cpu", runs: int = 4, chunk: int = 8
+):
+    """Mean squared feature error of the predictor over every pair of the first `runs` recorded runs."""
+    sig, errors = grid(steps, shift), []
+    every = [(i, a, s) for i in range(min(runs, len(data))) for a, s in pairs]
+    for k in range(0, len(every), chunk):
+        idx, a, s = (torch.tensor(col) for col in zip(*every[k : k + chunk]))
+        pred, target, _ = pair_step(host, predictor, data, idx, a, s, sig, device)
+        errors.append(torch.mean((pred - target) ** 2, dim=(1, 2)))
+    return torch.cat(errors).mean().item()
+
+
+def fit_predictor(
+    out,
+    ckpt: Checkpoint,
+    host,
+    data: Trajectories,
+    args: TrainArgs,
+    *,
+    pairs: list[tuple[int, int]],
+    steps: int,
+    shift: float,
+    velocity_weight: float,
+    adversarial: float,
+    evaluate,
+    start: int,
+    extra: dict,
+):
+    """The host-agnostic core: train `ckpt.predictor` to map (embed(x_s), hidden[a]) to hidden[s].
+
+    `host`: anything with embed / trunk / head (frozen here); `ckpt`: what the loop checkpoints to `out`.
+    """
+    device = args.device
+    host = host.to(device).eval().requires_grad_(False)
+    predictor = ckpt.predictor.to(device).train()
+    sig = grid(steps, shift)
+    disc = Discriminator(data.hiddens.shape[-1]).to(device) if adversarial > 0 else None
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr) if disc else None
+
+    def loss_fn(step, rng, gen):
+        idx = rng.integers(0, len(data), args.batch)
+        pair = [pairs[k] for k in rng.integers(0, len(pairs), args.batch)]
+        a, s = torch.tensor([p[0] for p in pair]), torch.tensor([p[1] for p in pair])
+        pred, target, (vec, x, t) = pair_step(host, predictor, data, idx, a, s, sig, device)
+        feat = torch.mean((pred - target) ** 2)
+        loss, logs = feat, {"feat": feat.item()}
+        if velocity_weight:
+            vel = torch.mean((host.head(pred, vec, x, t) - host.head(target, vec, x, t)) ** 2)
+            loss = loss + velocity_weight * vel
+            logs["vel"] = vel.item()
+        if disc is not None:
+            d_loss = torch.relu(1 - disc(target)).mean() + torch.relu(1 + disc(pred.detach())).mean()
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            loss = loss + adversarial * (-disc(pred).mean())
+            logs["d"] = d_loss.item()
+        return loss, logs
+
+    return train("predictor", out, ckpt, list(predictor.parameters()), loss_fn, evaluate, args, start, extra)
+
+
+def _settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap) -> dict:
+    return {
+        "anchors": list(anchors),
+        "grid_steps": steps,  # not "steps": that key is the optimizer steps of the train args
+        "shift": shift,
+        "trajectories": trajectories,
+        "velocity_weight": velocity_weight,
+        "adversarial": adversarial,
+        "max_gap": max_gap,
+    }
 
 
 def train_predictor(
@@ -79,6 +197,7 @@ def train_predictor(
     adversarial: float = 0.0,
     max_gap: int | None = None,
 ):
+    """Our own distilled student (a disca checkpoint with its word embedding), on the synthetic task."""
     student = load_checkpoint(student_dir, require_predictor=False)
     if not student.cfg.dit.mean_flow or student.text is None:
         raise CheckpointError(f"{student_dir} is not a distilled student: train it with `disca-train distill`")
@@ -91,63 +210,165 @@ def train_predictor(
         ckpt.dit, ckpt.text = student.dit, student.text
     else:
         torch.manual_seed(args.seed)
-        ckpt, start = (
-            Checkpoint(
-                student.cfg,
-                student.dit,
-                CachePredictor(student.cfg.dit, student.cfg.predictor),
-                student.text,
-                {"student": str(student_dir)},
-            ),
-            0,
-        )
-    device = args.device
-    dit = ckpt.dit.to(device).eval().requires_grad_(False)
-    text = ckpt.text.to(device).eval().requires_grad_(False)
-    predictor = ckpt.predictor.to(device).train()
-    prompts, inputs, hiddens = collect_trajectories(dit, text, trajectories, args, steps, shift, args.seed)
-    sig = grid(steps, shift)
-    disc = Discriminator(student.cfg.dit.hidden_size).to(device) if adversarial > 0 else None
-    disc_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr) if disc else None
-
-    def loss_fn(step, rng, gen):
-        idx = rng.integers(0, trajectories, args.batch)
-        pair = [pairs[k] for k in rng.integers(0, len(pairs), args.batch)]
-        a, s = torch.tensor([p[0] for p in pair]), torch.tensor([p[1] for p in pair])
-        x = inputs[idx, s].to(device)
-        cache, target = hiddens[idx, a].to(device), hiddens[idx, s].to(device)
-        t, r = sig[s].to(device), sig[s + 1].to(device)
-        with torch.no_grad():
-            tokens, vec, rope = dit.embed(x, t, r, text.encode([prompts[i] for i in idx]))
-        pred = predictor(tokens, cache, vec, rope)
-        feat = torch.mean((pred - target) ** 2)
-        loss, logs = feat, {"feat": feat.item()}
-        if velocity_weight:
-            vel = torch.mean((dit.head(pred, vec, x, t) - dit.head(target, vec, x, t)) ** 2)
-            loss = loss + velocity_weight * vel
-            logs["vel"] = vel.item()
-        if disc is not None:
-            d_loss = torch.relu(1 - disc(target)).mean() + torch.relu(1 + disc(pred.detach())).mean()
-            disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_opt.step()
-            loss = loss + adversarial * (-disc(pred).mean())
-            logs["d"] = d_loss.item()
-        return loss, logs
+        predictor = CachePredictor(student.cfg.dit, student.cfg.predictor)
+        ckpt, start = Checkpoint(student.cfg, student.dit, predictor, student.text, {"student": str(student_dir)}), 0
+    dit = ckpt.dit.to(args.device).eval().requires_grad_(False)
+    text = ckpt.text.to(args.device).eval().requires_grad_(False)
+    _, data = collect_trajectories(dit, text, trajectories, args, steps, shift, args.seed)
 
     def evaluate():
         return eval_student(
-            dit, text, args.eval_n, args.frames, args.size, steps, shift, predictor, list(anchors), device
+            dit, text, args.eval_n, args.frames, args.size, steps, shift, ckpt.predictor, list(anchors), args.device
         )
 
-    extra = {
-        "anchors": list(anchors),
-        "grid_steps": steps,  # not "steps": that key is the optimizer steps of the train args
-        "shift": shift,
-        "trajectories": trajectories,
-        "velocity_weight": velocity_weight,
-        "adversarial": adversarial,
-        "max_gap": max_gap,
-        "student": str(student_dir),
-    }
-    return train("predictor", out, ckpt, list(predictor.parameters()), loss_fn, evaluate, args, start, extra)
+    extra = {**_settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap)}
+    extra["student"] = str(student_dir)
+    return fit_predictor(
+        out,
+        ckpt,
+        dit,
+        data,
+        args,
+        pairs=pairs,
+        steps=steps,
+        shift=shift,
+        velocity_weight=velocity_weight,
+        adversarial=adversarial,
+        evaluate=evaluate,
+        start=start,
+        extra=extra,
+    )
+
+
+# ---------------------------------------------------------------- diffusers hosts
+
+
+def load_text_embeddings(path, text_dim: int) -> torch.Tensor:
+    """Text embeddings from a .npy or .safetensors file (one tensor, (L, Dt) or (N, L, Dt)) -> (N, L, Dt) float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"text-embedding file {path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            arr = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            if len(tensors) != 1:
+                raise ConfigError(f"{path} holds {len(tensors)} tensors ({', '.join(tensors)}); expected one")
+            arr = next(iter(tensors.values()))
+        else:
+            raise ConfigError(f"text embeddings must be a .npy or .safetensors file, got {path.name}")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read text embeddings from {path}: {e}") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[-1] != text_dim or 0 in arr.shape:
+        raise ShapeError(
+            f"text embeddings in {path} have shape {tuple(arr.shape)}; the model expects (N, L, {text_dim}) "
+            f"(its text_dim is {text_dim})"
+        )
+    return arr.float()
+
+
+def host_noise(n: int, channels: int, latent: tuple[int, int, int], seed: int) -> torch.Tensor:
+    rng = np.random.default_rng([seed, TRAJECTORY_SEED])
+    return torch.from_numpy(rng.standard_normal((n, channels, *latent)).astype(np.float32))
+
+
+def train_host_predictor(
+    out,
+    adapter,
+    text: torch.Tensor,
+    args: TrainArgs,
+    *,
+    source: str,
+    latent: tuple[int, int, int],
+    depth: int = 2,
+    anchors=tuple(DEFAULT_SCHEDULE.anchors),
+    steps: int = 20,
+    shift: float = 5.0,
+    trajectories: int = 128,
+    velocity_weight: float = 1.0,
+    adversarial: float = 0.0,
+    max_gap: int | None = None,
+):
+    """A predictor for an adapted diffusers transformer (`disca.models.adapters.adapt` / `load_diffusers`).
+
+    text: (N, L, Dt) embeddings from the host's own text encoder; run i samples from text[i % N] and its
+    own noise of latent shape (F, H, W). `out` gets the predictor and a host record (not the host's
+    weights), loaded by `disca-export onnx --from diffusers:PATH --predictor OUT`.
+    """
+    from disca.models.adapters import build_predictor
+    from disca.models.adapters.predictor_checkpoint import check_host, host_record
+    from disca.models.checkpoint import load_state, read_config
+    from disca.runtime.backends.torch_backend import TorchBackend
+    from disca.runtime.sampler import denoise
+    from disca.runtime.schedule import DiscaPolicy, FullPolicy
+
+    if text.ndim != 3 or text.shape[-1] != adapter.text_dim:
+        raise ShapeError(f"text embeddings must be (N, L, {adapter.text_dim}), got {tuple(text.shape)}")
+    if any(d % p for d, p in zip(latent, adapter.patch_size)) or min(latent) < 1:
+        raise ShapeError(
+            f"latent (F, H, W) {tuple(latent)} must be positive multiples of the patch {adapter.patch_size}"
+        )
+    pairs = training_pairs(list(anchors), steps, max_gap)
+    start = 0
+    if (Path(out) / "config.json").is_file():
+        meta = read_config(out)
+        if meta.get("stage") != "predictor":
+            raise CheckpointError(f"{out} holds a {meta.get('stage')!r} run, not 'predictor': choose another --out")
+        depth = check_host(meta, adapter, out).predictor.depth
+        predictor = build_predictor(adapter, depth)
+        load_state(predictor, Path(out) / "predictor.safetensors")  # raw weights: the loop resumes the EMA itself
+        start = int(meta["step"])
+    elif Path(out).exists() and any(Path(out).iterdir()):
+        raise CheckpointError(f"{out} exists and is not a disca checkpoint: choose another --out")
+    else:
+        torch.manual_seed(args.seed)
+        predictor = build_predictor(adapter, depth)
+    ckpt = Checkpoint(adapter.model_config(depth), None, predictor, None, {"host": host_record(adapter, source)})
+
+    reps = torch.arange(trajectories) % len(text)
+    host = adapter.to(args.device).eval().requires_grad_(False)
+    noise = host_noise(trajectories, adapter.in_channels, latent, args.seed)
+    data = record_trajectories(host, text[reps], noise, steps, shift, args.device)
+    # Held-out check: DisCa vs all-full sampling from fresh noise (no task score exists for a real model).
+    held_noise = host_noise(args.eval_n, adapter.in_channels, latent, args.seed + 1).numpy()
+    held_text = text[torch.arange(args.eval_n) % len(text)].numpy()
+
+    @torch.no_grad()
+    def evaluate():
+        from disca.metrics import psnr
+
+        predictor.eval()
+        with TorchBackend.from_modules(host, predictor, args.device) as backend:
+            full, _ = denoise(backend, held_noise, held_text, steps=steps, shift=shift, policy=FullPolicy())
+            cached, _ = denoise(
+                backend, held_noise, held_text, steps=steps, shift=shift, policy=DiscaPolicy(list(anchors))
+            )
+        metrics = {
+            "feat_error": feature_error(host, predictor, data, pairs, steps, shift, args.device),
+            "psnr_disca_vs_full": psnr(cached, full, data_range=float(np.ptp(full)) or 1.0),
+        }
+        predictor.train()
+        return metrics
+
+    extra = _settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap)
+    extra |= {"latent": list(latent), "text_embeddings": int(len(text))}
+    return fit_predictor(
+        out,
+        ckpt,
+        host,
+        data,
+        args,
+        pairs=pairs,
+        steps=steps,
+        shift=shift,
+        velocity_weight=velocity_weight,
+        adversarial=adversarial,
+        evaluate=evaluate,
+        start=start,
+        extra=extra,
+    )
