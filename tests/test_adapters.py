@@ -407,3 +407,44 @@ def test_export_cli_from_a_diffusers_directory(tmp_path):
     assert "expected diffusers:PATH" in error_line(
         invoke(export_cli, ["onnx", "--from", "hf:x", "--out", tmp_path / "c"])
     )
+
+
+def tensor_parallel(state: dict) -> dict:
+    """The release's other spelling (read in its hyvideo/inference.py loader): fused projections stored split."""
+    out = {}
+    for key, value in state.items():
+        head, _, tail = key.rpartition(".")  # tail: weight / bias
+        if head.endswith(("img_attn_qkv", "txt_attn_qkv")):
+            for part, name in zip(value.chunk(3), "qkv"):
+                out[f"{head[: -len('qkv')]}{name}.{tail}"] = part
+        elif head.endswith(".linear1"):
+            for part, name in zip(torch.split(value, [H, H, H, MLP]), ("q", "k", "v", "mlp")):
+                out[f"{head}_{name}.{tail}"] = part
+        elif head.endswith(".linear2"):
+            out[f"{head}.fc.{tail}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def test_official_layout_variants_load_the_same_weights(official_files):
+    """Split (tensor-parallel) projections and wrapper prefixes on the predictor: as the official loaders accept."""
+    _, _, dit, pred = official_files
+    loaded = []
+    for dit_state, pred_state in (
+        (dit, pred),
+        (tensor_parallel(dit), {f"module.predictor.{k}": v for k, v in tensor_parallel(pred).items()}),
+        (dit, {f"predictor.{k}": v for k, v in pred.items()}),
+    ):
+        adapter = adapt(tiny_host("hunyuan"), mean_flow="mean")
+        predictor = build_predictor(adapter, depth=1)
+        load_official_disca(adapter, predictor, dit=dit_state, predictor_weights=pred_state)
+        loaded.append({**adapter.state_dict(), **{f"p.{k}": v for k, v in predictor.state_dict().items()}})
+    assert tensor_parallel(dit).keys() != dit.keys()  # the variant really is another spelling
+    for other in loaded[1:]:
+        assert other.keys() == loaded[0].keys()
+        assert all(torch.equal(other[k], loaded[0][k]) for k in other)
+    adapter = adapt(tiny_host("hunyuan"), mean_flow="mean")
+    with pytest.raises(CheckpointError, match=r"unexpected 2 keys: fusion_mlp\.fc1\.bias"):  # not in the release
+        renamed = {k.replace("fusion_mlp.0.", "fusion_mlp.fc1."): v for k, v in pred.items()}
+        load_official_disca(adapter, build_predictor(adapter, depth=1), predictor_weights=renamed)

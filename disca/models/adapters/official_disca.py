@@ -1,18 +1,28 @@
 """Load the official DisCa release (Tencent-Hunyuan/DisCa) into the HunyuanVideo adapter and predictor.
 
-The release stores weights in the original HunyuanVideo-1.0 key layout:
+The layout below was checked against the release's own source (GitHub
+Tencent-Hunyuan/DisCa, `disca_t2v_hyvideo10/`): `hyvideo/disca_utils/predictor.py`,
+`hyvideo/modules/models.py`, `hyvideo/modules/embed_layers.py`,
+`sample_video_disca.py` and `hyvideo/inference.py`. The weights use the
+original HunyuanVideo-1.0 key layout:
 - DiT: HunyuanVideo's keys (`img_in`, `txt_in.*`, `time_in`, `vector_in`,
   `guidance_in`, `double_blocks.N.*`, `single_blocks.N.*`, `final_layer.*`)
-  plus the mean-flow r embedder `time_r_in.mlp.{0,2}.*`;
-- predictor: `fusion_mlp.*` (Linear 2H -> H, SiLU, Linear H -> H) and
-  `mm_single_blocks.N.*` (HunyuanVideo single-stream blocks).
+  plus the mean-flow r embedder `time_r_in.mlp.{0,2}.*` (a TimestepEmbedder
+  like `time_in`: Linear(256 -> H), SiLU, Linear(H -> H));
+- predictor: `fusion_mlp.{0,2}.*` (nn.Sequential: Linear 2H -> H, SiLU,
+  Linear H -> H) and `mm_single_blocks.N.*` (HunyuanVideo single-stream
+  blocks: linear1, linear2, q_norm, k_norm, modulation.linear; 2 by default).
+
+The official loaders also accept two other spellings, and so do we: a
+predictor whose keys all carry a `module.predictor.`, `predictor.` or `module.`
+prefix (training wrappers), and the "tensor-parallel" layout with fused
+projections stored split (`{img,txt}_attn_{q,k,v}`, `linear1_{q,k,v,mlp}`,
+`linear2.fc`).
 
 Fused projections are split (qkv -> q, k, v; single-block linear1 -> q, k, v,
 mlp) and the final layer's (shift, scale) modulation is reordered to diffusers'
 (scale, shift). The mapping is written for any hidden size (diffusers' own
-converter hard-codes 3072). The predictor's source is not public in this
-environment: `fusion_mlp` is read as an nn.Sequential (`.0` / `.2`, as
-described in the paper) or as HunyuanVideo's MLP (`.fc1` / `.fc2`).
+converter hard-codes 3072).
 """
 
 from __future__ import annotations
@@ -56,6 +66,9 @@ _REFINER = {
 _DOUBLE = {
     "img_mod.linear": "norm1.linear",
     "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn_q": "attn.to_q",  # the tensor-parallel (split) spelling of img_attn_qkv
+    "img_attn_k": "attn.to_k",
+    "img_attn_v": "attn.to_v",
     "img_attn_q_norm": "attn.norm_q",
     "img_attn_k_norm": "attn.norm_k",
     "img_attn_proj": "attn.to_out.0",
@@ -63,6 +76,9 @@ _DOUBLE = {
     "img_mlp.fc2": "ff.net.2",
     "txt_mod.linear": "norm1_context.linear",
     "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn_q": "attn.add_q_proj",
+    "txt_attn_k": "attn.add_k_proj",
+    "txt_attn_v": "attn.add_v_proj",
     "txt_attn_q_norm": "attn.norm_added_q",
     "txt_attn_k_norm": "attn.norm_added_k",
     "txt_attn_proj": "attn.to_add_out",
@@ -71,7 +87,12 @@ _DOUBLE = {
 }
 _SINGLE = {
     "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear1_q": "attn.to_q",  # the tensor-parallel (split) spelling of linear1 and linear2
+    "linear1_k": "attn.to_k",
+    "linear1_v": "attn.to_v",
+    "linear1_mlp": "proj_mlp",
     "linear2": "proj_out",
+    "linear2.fc": "proj_out",
     "q_norm": "attn.norm_q",
     "k_norm": "attn.norm_k",
     "modulation.linear": "norm.linear",
@@ -82,12 +103,9 @@ _BLOCKS = {  # official block list -> (diffusers block list, sub-path table)
     "single_blocks": ("single_transformer_blocks", _SINGLE),
 }
 _BLOCK_KEY = re.compile(r"^(?P<list>.+?)\.(?P<i>\d+)\.(?P<sub>.+)\.(?P<param>weight|bias)$")
-_FUSION = {
-    "fusion_mlp.0.": "fusion.0.",
-    "fusion_mlp.2.": "fusion.2.",
-    "fusion_mlp.fc1.": "fusion.0.",
-    "fusion_mlp.fc2.": "fusion.2.",
-}
+_FUSION = {"fusion_mlp.0.": "fusion.0.", "fusion_mlp.2.": "fusion.2."}
+# Prefixes a training wrapper leaves on every predictor key; the official loader strips them (in this order).
+_PREDICTOR_WRAPPERS = ("predictor.", "module.predictor.", "module.")
 
 
 def _split(tensor: torch.Tensor, targets: tuple, hidden: int) -> list[torch.Tensor]:
@@ -145,9 +163,17 @@ def map_official_dit(state: dict, hidden_size: int) -> tuple[dict, dict, list]:
     return {rename[k]: v for k, v in mapped.items()}, {rename[k]: v for k, v in origin.items()}, unknown
 
 
+def unwrap_predictor(state: dict) -> dict:
+    """Strip a prefix that every key carries (`predictor.`, `module.predictor.`, `module.`), as the release does."""
+    for prefix in _PREDICTOR_WRAPPERS:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
 def map_official_predictor(state: dict, hidden_size: int) -> tuple[dict, dict, list]:
     """Official DisCa predictor keys (`fusion_mlp.*`, `mm_single_blocks.*`) -> HunyuanVideoPredictor keys."""
-    return _map(state, hidden_size, _FUSION, {"mm_single_blocks": ("blocks", _SINGLE)})
+    return _map(unwrap_predictor(state), hidden_size, _FUSION, {"mm_single_blocks": ("blocks", _SINGLE)})
 
 
 def _read(weights) -> dict:
