@@ -1,0 +1,1 @@
+"""Glue between disca's runtime and other libraries' pipelines. Each module imports its library lazily."""
