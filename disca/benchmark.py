@@ -18,9 +18,11 @@ from disca.metrics import psnr, ssim
 from disca.runtime.backends import get_backend
 from disca.runtime.pipeline import Pipeline
 from disca.runtime.sampler import denoise, denoise_cfg
-from disca.runtime.schedule import OFFICIAL_ANCHORS, FullPolicy, make_policy
+from disca.runtime.schedule import OFFICIAL_ANCHORS, THRESHOLD_POLICIES, FullPolicy, make_policy
 
-DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2")
+DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
+# Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
+DEFAULT_THRESHOLDS = {"teacache": (0.1, 0.2, 0.4, 0.8), "first-block": (0.05, 0.1, 0.2, 0.4)}
 
 
 def anchor_list(bundle: Bundle, steps: int, k: int) -> list[int]:
@@ -43,6 +45,8 @@ def _runs(backend, cal: CalibrationSet, policy_factory, steps, shift):
         passes["full"] = passes.get("full", 0) + stats.full_calls
         if stats.predictor_calls:
             passes[stats.cached_graph] = passes.get(stats.cached_graph, 0) + stats.predictor_calls
+        if stats.probe_calls:  # partial passes: embedders + block 0
+            passes["first"] = passes.get("first", 0) + stats.probe_calls
     return np.stack(outs), ms / len(cal), {g: c / len(cal) for g, c in passes.items()}
 
 
@@ -52,6 +56,7 @@ def run_benchmark(
     *,
     policies=DEFAULT_POLICIES,
     budgets=(12, 8, 5, 3),
+    thresholds=None,
     backend: str = "onnxruntime",
     backend_options=None,
     teacher_path=None,
@@ -68,6 +73,8 @@ def run_benchmark(
 
         return round(score(np.clip(outs, -1, 1), cal.prompts)["all"], 4)
 
+    thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
     rows = []
     with get_backend(backend, bundle, **(backend_options or {})) as b:
         log(f"all-full reference: {len(cal)} clips x {steps} steps")
@@ -75,16 +82,28 @@ def run_benchmark(
         rows.append({"policy": "full", "anchors": steps, "ms_per_clip": full_ms, "passes": full_passes})
         if task:
             rows[0]["adherence"] = adherence(ref)
-        for k in budgets:
-            anchors = anchor_list(bundle, steps, k)
-            for name in policies:
-                outs, ms, passes = _runs(b, cal, lambda name=name, a=anchors: make_policy(name, a), steps, shift)
-                row = {"policy": name, "anchors": k, "anchor_list": anchors, "ms_per_clip": ms, "passes": passes}
-                row["psnr_db"], row["ssim"] = round(psnr(outs, ref), 3), round(ssim(outs, ref), 4)
-                if task:
-                    row["adherence"] = adherence(outs)
-                rows.append(row)
-                log(f"  {name:12s} K={k:2d}: {full_ms / ms:4.2f}x, {row['psnr_db']:6.2f} dB")
+        runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
+            (name, {"anchors": k, "anchor_list": a}, lambda name=name, a=a: make_policy(name, a))
+            for k in budgets
+            for a in [anchor_list(bundle, steps, k)]
+            for name in policies
+            if name not in THRESHOLD_POLICIES
+        ]
+        runs += [
+            (name, {"threshold": x}, lambda name=name, x=x: make_policy(name, threshold=x, coefficients=coefficients))
+            for name in policies
+            if name in THRESHOLD_POLICIES
+            for x in thresholds[name]
+        ]
+        for name, setting, factory in runs:
+            outs, ms, passes = _runs(b, cal, factory, steps, shift)
+            row = {"policy": name, **setting, "ms_per_clip": ms, "passes": passes}
+            row["psnr_db"], row["ssim"] = round(psnr(outs, ref), 3), round(ssim(outs, ref), 4)
+            if task:
+                row["adherence"] = adherence(outs)
+            rows.append(row)
+            label = f"K={setting['anchors']}" if "anchors" in setting else f"threshold {setting['threshold']:g}"
+            log(f"  {name:12s} {label}: {full_ms / ms:4.2f}x, {passes['full']:.1f} full, {row['psnr_db']:6.2f} dB")
     for row in rows:
         row["speedup_vs_full"] = round(full_ms / row["ms_per_clip"], 3)
     report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps, "rows": rows}
@@ -119,14 +138,17 @@ def run_benchmark(
 def markdown(report: dict) -> str:
     has_adh = any("adherence" in r for r in report["rows"])
     has_teacher = "teacher" in report
-    head = ["policy", "anchors", "passes / clip", "ms / clip", "speedup vs full"]
+    head = ["policy", "setting", "passes / clip", "ms / clip", "speedup vs full"]
     head += ["speedup vs teacher"] if has_teacher else []
     head += ["PSNR vs full (dB)", "SSIM"] + (["adherence"] if has_adh else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = ([report["teacher"]] if has_teacher else []) + report["rows"]
     for r in rows:
         passes = ", ".join(f"{v:g} {g}" for g, v in r["passes"].items())
-        cells = [r["policy"], str(r.get("anchors", "")), passes, f"{r['ms_per_clip']:.0f}"]
+        setting = (
+            f"threshold {r['threshold']:g}" if "threshold" in r else f"{r['anchors']} anchors" if "anchors" in r else ""
+        )
+        cells = [r["policy"], setting, passes, f"{r['ms_per_clip']:.0f}"]
         cells.append(f"{r['speedup_vs_full']:.2f}x" if "speedup_vs_full" in r else "")
         if has_teacher:
             cells.append(f"{r['speedup_vs_teacher']:.2f}x" if "speedup_vs_teacher" in r else "1.00x")

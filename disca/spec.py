@@ -46,8 +46,9 @@ class GraphSpec:
         )
 
 
-def graph_specs(channels: int, text_dim: int, hidden: int) -> dict[str, GraphSpec]:
-    """The `full`, `predictor` and `head` graphs of a DiT with these widths."""
+def graph_specs(channels: int, text_dim: int, hidden: int, first: bool = True) -> dict[str, GraphSpec]:
+    """The `full`, `predictor` and `head` graphs of a DiT with these widths, and (`first`) the probe graph of the
+    threshold caches (TeaCache, First-Block-Cache)."""
     inputs = [
         TensorSpec("latent", ["batch", channels, "frames", "height", "width"]),
         TensorSpec("t", ["batch"]),
@@ -56,7 +57,7 @@ def graph_specs(channels: int, text_dim: int, hidden: int) -> dict[str, GraphSpe
     ]
     velocity = TensorSpec("velocity", ["batch", channels, "frames", "height", "width"])
     hidden_state = TensorSpec("hidden", ["batch", "tokens", hidden])
-    return {
+    specs = {
         "full": GraphSpec(
             "full", inputs, [velocity, hidden_state], "anchor step: the whole DiT; `hidden` refreshes the cache"
         ),
@@ -73,6 +74,14 @@ def graph_specs(channels: int, text_dim: int, hidden: int) -> dict[str, GraphSpe
             "training-free cached step: DiT embedders -> DiT head on a given `hidden` (reused or extrapolated)",
         ),
     }
+    if first:
+        specs["first"] = GraphSpec(
+            "first",
+            inputs,
+            [TensorSpec(name, ["batch", "tokens", hidden]) for name in ("tokens", "modulated", "first")],
+            "threshold caches' probe: DiT embedders -> block 0 (its modulated input and its output)",
+        )
+    return specs
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Training-free cache policies (reuse, TaylorSeer) through the head graph, and `disca-bench`."""
+"""Training-free cache policies (reuse, TaylorSeer, TeaCache, First-Block-Cache) through the head and probe graphs,
+and `disca-bench`."""
 
 import json
 
@@ -9,12 +10,15 @@ import torch
 from disca.benchmark import anchor_list, markdown, plot, run_benchmark
 from disca.bundle import Bundle
 from disca.calibration.dataset import calibration_set
+from disca.calibration.teacache import change_pairs, fit_teacache
 from disca.cli.bench import main as bench_cli
+from disca.cli.export import main as export_cli
+from disca.cli.run import main as run_cli
 from disca.errors import DiscaError, ScheduleError
-from disca.models.graphs import FullGraph, HeadGraph
+from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph
 from disca.runtime import Pipeline
 from disca.runtime.backends.torch_backend import TorchBackend
-from disca.runtime.schedule import ReusePolicy, TaylorSeerPolicy, make_policy
+from disca.runtime.schedule import FirstBlockPolicy, ReusePolicy, TaylorSeerPolicy, make_policy, rel_l1
 from tests.test_cli import error_line, invoke
 
 
@@ -105,13 +109,143 @@ def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
         cached = "predictor" if r["policy"] == "disca" else "head"
         assert r["passes"] == {"full": r["anchors"], cached: 20 - r["anchors"]}
         assert np.isfinite(r["psnr_db"]) and 0 < r["ssim"] <= 1 and r["speedup_vs_full"] > 0
-    assert "| reuse | 4 | 4 full, 16 head |" in markdown(report)
+    assert "| reuse | 4 anchors | 4 full, 16 head |" in markdown(report)
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 10_000
 
 
 def test_bench_cli_errors(tiny_bundle):
     assert "unknown policy 'fora'" in error_line(invoke(bench_cli, [tiny_bundle, "--policies", "disca,fora"]))
-    assert "anchor counts" in error_line(invoke(bench_cli, [tiny_bundle, "--anchors", "8,x"]))
+    assert "--anchors: expected comma-separated positive" in error_line(
+        invoke(bench_cli, [tiny_bundle, "--anchors", "8,x"])
+    )
+    assert "--teacache" in error_line(invoke(bench_cli, [tiny_bundle, "--teacache", "0.1,-1"]))
     line = error_line(invoke(bench_cli, [tiny_bundle, "--samples", "2"]))
     assert "pass --prompts FILE" in line
+
+
+# ---------------------------------------------------------------- threshold caches (probe graph)
+
+
+def test_first_block_graph_is_the_dits_embed_and_block_0(tiny_model):
+    cfg, dit, _ = tiny_model
+    x, text = _inputs(cfg)
+    t, r = torch.tensor([0.7]), torch.tensor([0.6])
+    with torch.no_grad():
+        tokens, modulated, first = FirstBlockGraph(dit)(x, t, r, text)
+        ref_tokens, vec, rope = dit.embed(x, t, r, text)
+        torch.testing.assert_close(tokens, ref_tokens)
+        torch.testing.assert_close(first, dit.blocks[0](ref_tokens, vec, rope))
+        # the rest of the trunk on block 0's output is the full graph's hidden state
+        rest = first
+        for block in dit.blocks[1:]:
+            rest = block(rest, vec, rope)
+        torch.testing.assert_close(rest, FullGraph(dit)(x, t, r, text)[1])
+        assert not torch.allclose(modulated, tokens)
+
+
+def test_first_block_cached_step_adds_the_cached_residual_to_block_0(tiny_model):
+    cfg, dit, predictor = tiny_model
+    x, text = _inputs(cfg)
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        policy = FirstBlockPolicy(threshold=1e9)
+        policy.reset(4)
+        t0, r0, t1, r1 = (torch.tensor([v]) for v in (0.9, 0.8, 0.8, 0.7))
+        probe0 = backend.first(x, t0, r0, text)
+        assert policy.is_full(0, probe0)
+        _, hidden0 = backend.full(x, t0, r0, text)
+        policy.observe(backend, 0, 0.9, hidden0)
+        x1 = x * 0.9
+        probe1 = backend.first(x1, t1, r1, text)
+        assert not policy.is_full(1, probe1)  # huge threshold: skipped
+        got = policy.cached_velocity(backend, 1, 0.8, x1, t1, r1, text, hidden0)
+        expected = HeadGraph(dit)(x1, t1, r1, text, probe1[2] + (hidden0 - probe0[2]))
+        torch.testing.assert_close(got, expected)
+
+
+def test_threshold_policies_decide_from_the_probe(tiny_bundle):
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, 3, 2, 8, 8)).astype(np.float32)
+    text = rng.standard_normal((1, 4, 16)).astype(np.float32)
+    with Pipeline.load(tiny_bundle) as pipe:
+        full, _ = pipe.denoise(latent, text, steps=6, anchors="full")
+        for name, skip_all in (("teacache", 2), ("first-block", 1)):
+            # a threshold nothing stays under: every step full, the same result as all-full sampling
+            out, stats = pipe.denoise(latent, text, steps=6, policy=name, threshold=1e-9)
+            assert (stats.full_calls, stats.probe_calls) == (6, 6)
+            np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-6)
+            # a threshold everything stays under: only the forced full steps
+            out, stats = pipe.denoise(latent, text, steps=6, policy=name, threshold=1e9)
+            assert (stats.full_calls, stats.predictor_calls, stats.probe_calls) == (skip_all, 6 - skip_all, 6)
+            assert stats.cached_graph == "head" and np.isfinite(out).all()
+            assert not np.allclose(out, full, atol=1e-3)
+        # in between, ORT and torch take the same decisions
+        for backend in ("onnxruntime", "torch"):
+            with Pipeline.load(tiny_bundle, backend=backend) as p:
+                res = p.generate(text_embeddings=text[0], policy="first-block", threshold=0.05)
+                assert res.anchors[0] == 0 and len(res.anchors) == res.stats.full_calls
+                if backend == "onnxruntime":
+                    ort_anchors = res.anchors
+        assert res.anchors == ort_anchors
+
+
+def test_teacache_fit_is_stored_at_export_and_beats_a_constant(tiny_bundle, tiny_model):
+    record = Bundle.open(tiny_bundle).manifest["teacache"]
+    assert record["degree"] == 4 and len(record["coefficients"]) == 5 and not record["degenerate"]
+    assert record["points"] == record["samples"] * (record["steps"] - 1)
+    cfg, dit, predictor = tiny_model
+    cal = calibration_set(Bundle.open(tiny_bundle), ["a red circle"], n=2)
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        xs, ys = change_pairs(backend, cal, steps=8, shift=3.0)
+        fit = fit_teacache(backend, cal, steps=8, shift=3.0, degree=2)
+    assert xs.shape == ys.shape == (14,) and (xs > 0).all() and (ys > 0).all()
+    # least squares over polynomials that include the constants: no worse than the mean, in squared error
+    assert np.mean((np.polyval(fit["coefficients"], xs) - ys) ** 2) <= np.mean((ys - ys.mean()) ** 2) + 1e-12
+    assert rel_l1(np.ones(3), np.ones(3)) == 0 and rel_l1(2 * np.ones(3), np.ones(3)) == 1
+
+
+def test_threshold_policy_errors(bundle_copy):
+    with pytest.raises(ScheduleError, match="disca-export teacache"):
+        make_policy("teacache", threshold=0.1)
+    with pytest.raises(ScheduleError, match="threshold > 0"):
+        make_policy("first-block", threshold=0)
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    del m["graphs"]["first"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with Pipeline.load(bundle_copy) as pipe:
+        with pytest.raises(DiscaError, match="has no fp32 first graph"):
+            pipe.denoise(np.zeros((1, 3, 2, 8, 8)), np.zeros((1, 4, 16)), steps=4, policy="first-block")
+    assert "no probe graph" in error_line(invoke(export_cli, ["teacache", str(bundle_copy)]))
+
+
+def test_teacache_and_run_clis(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    del m["teacache"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    np.save(bundle_copy.parent / "text.npy", np.ones((4, 16), np.float32))
+    text = ["--text-embeddings", str(bundle_copy.parent / "text.npy")]
+    assert "disca-export teacache" in error_line(invoke(run_cli, [str(bundle_copy), *text, "--policy", "teacache"]))
+    prompts = bundle_copy.parent / "prompts.txt"
+    prompts.write_text("a red circle\nred blue\n")
+    result = invoke(export_cli, ["teacache", str(bundle_copy), "--prompts", str(prompts), "--samples", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["coefficients"]) == 5
+    assert len(Bundle.open(bundle_copy).manifest["teacache"]["coefficients"]) == 5
+    for policy in ("teacache", "first-block"):
+        args = [str(bundle_copy), *text, "--policy", policy]
+        result = invoke(run_cli, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        stats = json.loads(result.output)
+        assert stats["probe_calls"] == 20 and stats["full_calls"] + stats["predictor_calls"] == 20
+        assert stats["anchors"][0] == 0 and stats["cached_graph"] == "head"
+
+
+def test_benchmark_runs_the_threshold_policies(tiny_bundle):
+    cal = calibration_set(Bundle.open(tiny_bundle), ["a red circle"], n=1)
+    report = run_benchmark(
+        tiny_bundle, cal, policies=("teacache", "first-block"), thresholds={"teacache": (1e9,), "first-block": (1e9,)}
+    )
+    rows = {r["policy"]: r for r in report["rows"]}
+    assert rows["teacache"]["passes"] == {"full": 2, "head": 18, "first": 20}
+    assert rows["first-block"]["passes"] == {"full": 1, "head": 19, "first": 20}
+    assert "| first-block | threshold 1e+09 |" in markdown(report)

@@ -13,8 +13,10 @@ from disca.cli._common import clean_errors
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
-@click.option("--policies", default="disca,reuse,taylorseer1,taylorseer2", show_default=True)
+@click.option("--policies", default="disca,reuse,taylorseer1,taylorseer2,teacache,first-block", show_default=True)
 @click.option("--anchors", "budgets", default="12,8,5,3", show_default=True, help="Anchor budgets K to run.")
+@click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.1,0.2,0.4,0.8).")
+@click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.05,...).")
 @click.option("--samples", default=16, show_default=True, help="Prompt x seed clips per run.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")
@@ -29,6 +31,8 @@ def main(
     bundle,
     policies,
     budgets,
+    teacache_thresholds,
+    first_block_thresholds,
     samples,
     prompts,
     teacher_bundle,
@@ -51,16 +55,22 @@ def main(
     from disca.bundle import Bundle
     from disca.calibration.dataset import calibration_set, read_prompts
     from disca.runtime import demo_bundle
-    from disca.runtime.schedule import make_policy
+    from disca.runtime.schedule import POLICIES
 
     bundle = bundle or demo_bundle()
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    for name in names:
-        make_policy(name)  # a clear error for an unknown name, before any run
-    try:
-        ks = [int(k) for k in budgets.split(",") if k.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated anchor counts, got {budgets!r}") from None
+    for name in names:  # a clear error for an unknown name, before any run
+        if name not in POLICIES:
+            raise click.BadParameter(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    ks = _numbers(budgets, int, "--anchors")
+    thresholds = {
+        name: _numbers(text, float, option)
+        for name, text, option in (
+            ("teacache", teacache_thresholds, "--teacache"),
+            ("first-block", first_block_thresholds, "--first-block"),
+        )
+        if text
+    }
     b = Bundle.open(bundle)
     cal = calibration_set(b, read_prompts(prompts) if prompts else None, n=samples)
     options = {"threads": threads} if backend == "onnxruntime" and threads else {}
@@ -70,6 +80,7 @@ def main(
         cal,
         policies=names,
         budgets=ks,
+        thresholds=thresholds,
         backend=backend,
         backend_options=options,
         teacher_path=teacher_bundle,
@@ -86,3 +97,13 @@ def main(
     else:
         click.echo(markdown(report))
         click.echo(f"report in {out_dir}/ (bench.md, bench.json, bench.png)")
+
+
+def _numbers(text: str, kind, option: str) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise click.BadParameter(f"expected comma-separated positive numbers, got {text!r}", param_hint=option)
+    return values

@@ -197,8 +197,10 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
 
     names = [g.strip() for g in graphs.split(",") if g.strip()]
     for g in names:
-        if g not in ("full", "predictor"):
-            raise click.BadParameter(f"{g!r} is not a graph; choose from full, predictor", param_hint="--graphs")
+        if g not in ("full", "predictor", "head", "first"):
+            raise click.BadParameter(
+                f"{g!r} is not a graph; choose from full, predictor, head, first", param_hint="--graphs"
+            )
     console = Console(stderr=True)
     records = build_engines(
         bundle,
@@ -286,6 +288,35 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     kept = len(report.kept_fp16())
     click.echo(f"{len(report.layers) - kept} layers in FP8, {kept} kept FP16 (min cosine {min_cosine})")
     click.echo("end to end (DisCa, ONNX Runtime CPU): " + ", ".join(f"{k} {v}" for k, v in e2e.items()))
+
+
+@main.command("teacache")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line.")
+@click.option("--samples", default=16, show_default=True, help="All-full sampling runs (prompt x seed) to fit on.")
+@click.option("--degree", default=4, show_default=True, type=click.IntRange(1, 8), help="Polynomial degree.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@clean_errors
+def teacache_cmd(bundle, prompts, samples, degree, as_json):
+    """Fit TeaCache's rescaling polynomial on BUNDLE's own all-full sampling runs (ONNX Runtime CPU) and store it
+    in the manifest (`disca-export onnx` fits one on 4 runs; this refits on a prompt set)."""
+    from disca.calibration.teacache import calibrate_teacache
+    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    b = Bundle.open(bundle)
+    if "first" not in b.manifest["graphs"]:
+        raise click.UsageError(f"bundle {bundle} has no probe graph (`first`): re-export it with this disca version")
+    cal = _calibration_set(b, prompts, samples)
+    with OnnxRuntimeBackend(b) as backend:
+        record = calibrate_teacache(b, backend, cal, degree=degree)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        click.echo(
+            f"teacache: degree-{degree} polynomial fitted on {record['points']} step pairs of {len(cal)} runs "
+            f"(mean abs error {record['mean_abs_error']:.4f}, mean change {record['mean_output']:.4f}); "
+            f"written to {b.path / 'manifest.json'}"
+        )
 
 
 @main.command("schedule")

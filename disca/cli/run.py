@@ -30,10 +30,15 @@ from disca.runtime.video import check_path, write
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
 @click.option(
     "--policy",
-    type=click.Choice(["disca", "reuse", "taylorseer1", "taylorseer2"]),
+    type=click.Choice(["disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block"]),
     default="disca",
     show_default=True,
     help="What non-anchor steps run: the learned predictor, or a training-free baseline.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    help="teacache / first-block: skip while the change stays under this (default 0.3 / 0.1).",
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
@@ -69,6 +74,7 @@ def main(
     shift,
     schedule,
     policy,
+    threshold,
     seed,
     backend,
     providers,
@@ -116,6 +122,7 @@ def main(
                 shift=shift,
                 anchors=anchors,
                 policy=policy,
+                threshold=threshold,
                 seed=seed,
                 frames=frames,
                 height=height,
@@ -159,7 +166,7 @@ class _progress:
     """A rich progress bar that shows, per step, whether it ran the full DiT or the predictor."""
 
     def __init__(self, steps: int, disable: bool):
-        self.steps, self.counts = steps, {"full": 0, "predictor": 0}
+        self.steps, self.counts = steps, {"full": 0, "cached": 0}
         self.bar = Progress(
             TextColumn("[bold]denoising"),
             BarColumn(),
@@ -180,15 +187,19 @@ class _progress:
         self.bar.stop()
 
     def on_step(self, step: int, graph: str, ms: float) -> None:
-        self.counts[graph] += 1
-        kind = "[red]full[/red]" if graph == "full" else "[cyan]cached[/cyan]"
-        last = f"step {step}: {kind} {ms:.1f} ms | full {self.counts['full']}, cached {self.counts['predictor']}"
+        full = graph == "full"
+        self.counts["full" if full else "cached"] += 1
+        kind = "[red]full[/red]" if full else "[cyan]cached[/cyan]"
+        last = f"step {step}: {kind} {ms:.1f} ms | full {self.counts['full']}, cached {self.counts['cached']}"
         self.bar.update(self.task, advance=1, last=last)
 
 
 def _print_summary(s: dict, out) -> None:
     table = Table("", "calls", "ms / call", "ms total", title=f"{s['backend']} · {s['policy']} · {s['steps']} steps")
-    for name, key in (("full DiT", "full"), ("predictor", "predictor")):
+    rows = [("full DiT", "full"), (s["cached_graph"], "predictor")]
+    if s["probe_calls"]:
+        rows.append(("probe (block 0)", "probe"))
+    for name, key in rows:
         calls, per = s[f"{key}_calls"], s[f"ms_per_{key}"]
         table.add_row(name, str(calls), f"{per:.2f}" if per else "-", f"{calls * per:.1f}" if per else "-")
     table.add_row("runtime overhead", "", "", f"{s['overhead_ms']:.2f}")

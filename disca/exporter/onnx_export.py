@@ -27,7 +27,7 @@ from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry
 from disca.errors import ShapeError
 from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
-from disca.models.graphs import FullGraph, HeadGraph, PredictorGraph
+from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph
 from disca.runtime.schedule import DEFAULT_SCHEDULE
 from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, export_shapes, graph_specs
 
@@ -150,6 +150,23 @@ def end_to_end_psnr(bundle_dir: Path, precision: str, schedule: Schedule, ranges
     return psnr(outs[1], outs[0])
 
 
+def teacache_fit(bundle_dir: Path, log, samples: int = 4) -> dict | None:
+    """TeaCache's rescaling polynomial from all-full runs of the exported fp32 graphs on ORT CPU."""
+    from disca.bundle import Bundle
+    from disca.calibration.teacache import default_set, fit_teacache
+    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    bundle = Bundle.open(bundle_dir)
+    cal = default_set(bundle, samples)
+    if cal is None:
+        log("  teacache: no built-in prompts for this vocabulary: fit it with `disca-export teacache --prompts`")
+        return None
+    with OnnxRuntimeBackend(bundle) as backend:
+        record = fit_teacache(backend, cal, steps=bundle.schedule.steps, shift=bundle.schedule.shift)
+    log(f"  teacache: rescaling polynomial fitted on {record['points']} step pairs of {samples} runs")
+    return record
+
+
 def export_bundle(
     cfg: ModelConfig,
     dit,
@@ -187,9 +204,12 @@ def export_bundle(
     ranges = ranges or ShapeRanges()
     patch = tuple(cfg.dit.patch_size)
     ranges.validate(patch)
-    specs = graph_specs(cfg.dit.in_channels, cfg.dit.text_dim, cfg.dit.hidden_size)
+    probe = hasattr(dit, "first_block")  # models without it (the diffusers adapters) export no probe graph
+    specs = graph_specs(cfg.dit.in_channels, cfg.dit.text_dim, cfg.dit.hidden_size, first=probe)
     dit, predictor = dit.eval(), predictor.eval()
     modules = {"full": FullGraph(dit), "predictor": PredictorGraph(dit, predictor), "head": HeadGraph(dit)}
+    if probe:
+        modules["first"] = FirstBlockGraph(dit)
     shapes = export_shapes(ranges)
 
     with atomic_directory(out) as tmp:
@@ -221,7 +241,8 @@ def export_bundle(
                 if p == "fp16":
                     model, how = fp16, "onnxruntime.transformers.float16 (norms, softmax, timestep embedders in fp32)"
                 else:
-                    recorded = calib["predictor" if name == "head" else name]  # head: the predictor's inputs
+                    # head: the predictor's inputs; the probe: the full graph's
+                    recorded = calib[{"head": "predictor", "first": "full"}.get(name, name)]
                     amax = prec.activation_amax(src, recorded)
                     model = prec.to_fp8(fp16, amax)
                     how = (
@@ -265,6 +286,8 @@ def export_bundle(
             },
         }
         write_manifest(tmp, manifest)
+        if probe:  # needs the bundle as written, too
+            manifest["teacache"] = teacache_fit(tmp, log)
         for p in extra:  # needs the bundle as written: the runtime's own sampler on ORT CPU
             db = end_to_end_psnr(tmp, p, schedule, ranges)
             log(f"  end to end ({p} vs fp32 DisCa on ORT CPU): PSNR {db:.1f} dB")

@@ -139,6 +139,11 @@ class Block(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.linear2 = nn.Linear(hidden + self.mlp_hidden, hidden)  # attention-out and MLP-out fused
 
+    def modulated_input(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """adaLN(x) as the attention and MLP see it: TeaCache's cheap signal of how much a step changes."""
+        shift, scale, _ = self.modulation(F.silu(vec)).unsqueeze(1).chunk(3, dim=-1)
+        return modulate(self.norm(x), shift, scale)
+
     def forward(self, x: torch.Tensor, vec: torch.Tensor, rope: Rope) -> torch.Tensor:
         B, N, D = x.shape
         shift, scale, gate = self.modulation(F.silu(vec)).unsqueeze(1).chunk(3, dim=-1)  # 3 x (B, 1, D)
@@ -231,6 +236,12 @@ class VideoDiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, vec, rope)
         return tokens
+
+    def first_block(self, tokens, vec, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> block 0's modulated input and its output: what the threshold caches (TeaCache,
+        First-Block-Cache) probe each step to decide whether to skip the rest."""
+        block = self.blocks[0]
+        return block.modulated_input(tokens, vec), block(tokens, vec, rope)
 
     def head(self, hidden, vec, latent, t) -> torch.Tensor:
         """Final adaLN layer + unpatchify of the video tokens -> velocity (B, C, F, H, W).

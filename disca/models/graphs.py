@@ -4,6 +4,7 @@
     PredictorGraph: (latent, t, r, text, hidden) -> velocity           (cached step)
     HeadGraph:      (latent, t, r, text, hidden) -> velocity           (training-free cached step: the
                                                                         hidden state reused or extrapolated)
+    FirstBlockGraph: (latent, t, r, text)        -> tokens, modulated, first   (the threshold caches' probe)
 
 The predictor graph carries the DiT's embedders and head around the predictor,
 so a cached step is one call.
@@ -50,3 +51,23 @@ class HeadGraph(nn.Module):
     def forward(self, latent, t, r, text, hidden):
         _, vec, _ = self.dit.embed(latent, t, r, text)
         return self.dit.head(hidden, vec, latent, t)
+
+
+class FirstBlockGraph(nn.Module):
+    """The probe of the threshold caches: the embedders and the first block only (1/depth of the trunk).
+
+    -> tokens (the trunk's input), modulated (block 0's adaLN-modulated input: TeaCache's signal),
+       first (block 0's output: First-Block-Cache's signal). A skipped step then adds the trunk's
+       cached residual to `tokens` (TeaCache) or to `first` (First-Block-Cache) and runs the head graph.
+    A separate probe graph, rather than splitting the full graph in two: the anchor step stays one
+    call on every backend, at the price of running block 0 twice on a step that is not skipped.
+    """
+
+    def __init__(self, dit: VideoDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, t, r, text):
+        tokens, vec, rope = self.dit.embed(latent, t, r, text)
+        modulated, first = self.dit.first_block(tokens, vec, rope)
+        return tokens, modulated, first

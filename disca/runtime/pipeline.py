@@ -22,7 +22,7 @@ from disca.bundle import Bundle
 from disca.errors import BundleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
-from disca.runtime.schedule import FullPolicy, Policy, check_anchors, make_policy
+from disca.runtime.schedule import THRESHOLD_POLICIES, FullPolicy, Policy, check_anchors, make_policy
 from disca.runtime.text import Vocabulary, hash_embed
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
@@ -81,9 +81,12 @@ class Pipeline:
 
     # ---------------------------------------------------------------- sampling
 
-    def _policy(self, steps: int, anchors, policy: str = "disca") -> Policy:
+    def _policy(self, steps: int, anchors, policy: str = "disca", threshold: float | None = None) -> Policy:
         if anchors == "full":
             return FullPolicy()
+        if policy in THRESHOLD_POLICIES:
+            fit = self.bundle.manifest.get("teacache") or {}
+            return make_policy(policy, threshold=threshold, coefficients=fit.get("coefficients"))
         if anchors is None:
             default = self.bundle.schedule
             if steps != default.steps:
@@ -103,17 +106,20 @@ class Pipeline:
         shift=None,
         anchors=None,
         policy: str = "disca",
+        threshold: float | None = None,
         on_step=None,
     ) -> tuple[np.ndarray, RunStats]:
         """Denoise your own initial latent (B, C, F, H, W) with your text embeddings (B, L, Dt).
 
         anchors: list of anchor steps, "full" for every step full, None for the bundle's default.
         policy: what the non-anchor steps run: "disca" (the learned predictor) or a training-free
-        baseline, "reuse" or "taylorseer1" / "taylorseer2".
+        baseline: "reuse", "taylorseer1" / "taylorseer2" (on the anchors), or "teacache" /
+        "first-block", which pick their full steps themselves, skipping while a change measure stays
+        under `threshold` (None: the policy's default).
         """
         steps = steps or self.bundle.schedule.steps
         shift = shift or self.bundle.schedule.shift
-        chosen = self._policy(steps, anchors, policy)
+        chosen = self._policy(steps, anchors, policy, threshold)
         latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
         self._check_shapes(latent, text)
         return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)
@@ -127,6 +133,7 @@ class Pipeline:
         shift: float | None = None,
         anchors=None,
         policy: str = "disca",
+        threshold: float | None = None,
         seed: int = 0,
         frames: int | None = None,
         height: int | None = None,
@@ -144,9 +151,12 @@ class Pipeline:
         frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
         noise = np.random.default_rng(seed).standard_normal((batch, self.bundle.channels, frames, height, width))
         latent, stats = self.denoise(
-            noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, on_step=on_step
+            noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, threshold=threshold, on_step=on_step
         )
-        return Result(latent, stats, None if anchors == "full" else anchors or self.bundle.schedule.anchors)
+        if anchors == "full" or policy in THRESHOLD_POLICIES:
+            full = [s for s, graph, *_ in stats.per_step if graph == "full"]
+            return Result(latent, stats, None if anchors == "full" else full)
+        return Result(latent, stats, anchors or self.bundle.schedule.anchors)
 
     def _check_shapes(self, latent: np.ndarray, text: np.ndarray) -> None:
         if latent.ndim != 5 or latent.shape[1] != self.bundle.channels:

@@ -28,14 +28,16 @@ class RunStats:
     predictor_calls: int = 0  # cached steps, whichever graph ran them (`cached_graph`)
     full_ms: float = 0.0  # time inside full-graph calls, summed
     predictor_ms: float = 0.0  # time inside predictor-graph calls, summed
+    probe_calls: int = 0  # partial passes of the threshold caches (the `first` graph: embedders + block 0)
+    probe_ms: float = 0.0
     total_ms: float = 0.0  # the whole loop
-    per_step: list = field(default_factory=list)  # (step, "full" | "predictor" | "head", ms)
+    per_step: list = field(default_factory=list)  # (step, "full" | "predictor" | "head", ms, probe ms)
     cached_graph: str = "predictor"
 
     @property
     def overhead_ms(self) -> float:
         """Time in the loop outside backend calls (updates, checks, bookkeeping)."""
-        return self.total_ms - self.full_ms - self.predictor_ms
+        return self.total_ms - self.full_ms - self.predictor_ms - self.probe_ms
 
     def to_dict(self) -> dict:
         ms_full = self.full_ms / self.full_calls if self.full_calls else None
@@ -49,9 +51,11 @@ class RunStats:
             "predictor_calls": self.predictor_calls,
             "ms_per_full": ms_full,
             "ms_per_predictor": ms_pred,
+            "probe_calls": self.probe_calls,
+            "ms_per_probe": self.probe_ms / self.probe_calls if self.probe_calls else None,
             "overhead_ms": self.overhead_ms,
             "total_ms": self.total_ms,
-            "per_step": [{"step": s, "graph": g, "ms": ms} for s, g, ms in self.per_step],
+            "per_step": [{"step": s, "graph": g, "ms": ms, "probe_ms": pm} for s, g, ms, pm in self.per_step],
         }
 
 
@@ -77,7 +81,15 @@ def denoise(
     cache = None
     for i in range(steps):
         t, r = times[i], times[i + 1]
-        full = policy.is_full(i)
+        probe, probe_ms = None, 0.0
+        if policy.probe:
+            t0 = time.perf_counter()
+            probe = backend.first(x, t, r, text)
+            backend.synchronize()
+            probe_ms = (time.perf_counter() - t0) * 1e3
+            stats.probe_calls += 1
+            stats.probe_ms += probe_ms
+        full = policy.is_full(i, probe)
         t0 = time.perf_counter()
         if full:
             u, cache = backend.full(x, t, r, text)
@@ -93,7 +105,7 @@ def denoise(
         else:
             stats.predictor_calls += 1
             stats.predictor_ms += ms
-        stats.per_step.append((i, graph, ms))
+        stats.per_step.append((i, graph, ms, probe_ms))
         if not backend.isfinite(u) or (full and not backend.isfinite(cache)):
             raise NonFiniteError(f"step {i}: the {graph} graph produced NaN or Inf")
         x = x + float(sig[i + 1] - sig[i]) * u

@@ -55,11 +55,12 @@ class Policy:
 
     name = "base"
     cached_graph = "predictor"  # the graph a cached step runs (for the statistics)
+    probe = False  # True: the sampler runs the probe graph (`first`) before each step and passes its outputs
 
     def reset(self, steps: int) -> None:
         self.steps = steps
 
-    def is_full(self, step: int) -> bool:
+    def is_full(self, step: int, probe=None) -> bool:
         raise NotImplementedError
 
     def observe(self, backend, step: int, sigma: float, cache) -> None:
@@ -74,7 +75,7 @@ class FullPolicy(Policy):
 
     name = "full"
 
-    def is_full(self, step: int) -> bool:
+    def is_full(self, step: int, probe=None) -> bool:
         return True
 
 
@@ -88,7 +89,7 @@ class AnchorPolicy(Policy):
         super().reset(steps)
         self._anchors = set(check_anchors(self.anchors, steps))
 
-    def is_full(self, step: int) -> bool:
+    def is_full(self, step: int, probe=None) -> bool:
         return step in self._anchors
 
 
@@ -141,10 +142,99 @@ class TaylorSeerPolicy(AnchorPolicy):
         return backend.head(x, t, r, text, backend.asarray(hidden.astype(np.float32)))
 
 
-POLICIES = ("disca", "full", "reuse", "taylorseer1", "taylorseer2")
+def rel_l1(a, b) -> float:
+    """mean |a - b| / mean |b|: the threshold caches' change measure (numpy arrays or torch tensors)."""
+    return float(abs(a - b).mean()) / max(float(abs(b).mean()), 1e-12)
 
 
-def make_policy(name: str, anchors=None) -> Policy:
+class ThresholdPolicy(Policy):
+    """A training-free cache that decides each step from the probe graph (embedders + block 0), skipping
+    while a change measure stays under `threshold`. A skipped step adds the trunk's residual cached at the
+    last full step to this step's `base` (tokens or block 0's output) and runs the head graph."""
+
+    cached_graph = "head"
+    probe = True
+
+    def __init__(self, threshold: float):
+        if not threshold > 0:
+            raise ScheduleError(f"{self.name} needs a threshold > 0, got {threshold}")
+        self.threshold = float(threshold)
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.base = self.residual = None
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        self.residual = backend.values(cache) - self.base
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        return backend.head(x, t, r, text, self.base + self.residual)
+
+
+class TeaCachePolicy(ThresholdPolicy):
+    """TeaCache (Liu et al. 2025): accumulate the rescaled relative L1 change of block 0's modulated input
+    between consecutive steps; skip while the sum stays under the threshold, run the DiT (and reset the sum)
+    when it does not. The rescaling polynomial maps the input change to the trunk residual's change; it is
+    fitted on the model's own sampling runs (`disca-export teacache`, stored in the manifest). As in the
+    reference implementation, the first and the last step always run the DiT."""
+
+    name = "teacache"
+
+    def __init__(self, threshold: float, coefficients):
+        super().__init__(threshold)
+        if not coefficients:
+            raise ScheduleError(
+                "teacache needs the rescaling polynomial fitted on this model: run `disca-export teacache BUNDLE`"
+            )
+        self.poly = np.poly1d(np.asarray(coefficients, dtype=np.float64))
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.accumulated, self.previous = 0.0, None
+
+    def is_full(self, step: int, probe=None) -> bool:
+        tokens, modulated, _ = probe
+        full = self.previous is None or step == self.steps - 1
+        if not full:
+            self.accumulated += max(float(self.poly(rel_l1(modulated, self.previous))), 0.0)
+            full = self.accumulated >= self.threshold
+        if full:
+            self.accumulated = 0.0
+        self.previous, self.base = modulated, tokens
+        return full
+
+
+class FirstBlockPolicy(ThresholdPolicy):
+    """First-Block-Cache (ParaAttention / cache-dit's DBCache F1B0): run block 0; skip the other blocks while
+    its residual differs from the one of the last full step by less than the threshold (relative L1)."""
+
+    name = "first-block"
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.reference = None
+
+    def is_full(self, step: int, probe=None) -> bool:
+        tokens, _, first = probe
+        residual = first - tokens
+        full = self.reference is None or rel_l1(residual, self.reference) >= self.threshold
+        if full:
+            self.reference = residual
+        self.base = first
+        return full
+
+
+POLICIES = ("disca", "full", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
+THRESHOLD_POLICIES = ("teacache", "first-block")
+DEFAULT_THRESHOLDS = {"teacache": 0.3, "first-block": 0.1}
+
+
+def make_policy(name: str, anchors=None, threshold: float | None = None, coefficients=None) -> Policy:
+    """A policy by name: anchor policies take `anchors`, threshold policies `threshold` (TeaCache also the
+    bundle's fitted `coefficients`)."""
+    if name in THRESHOLD_POLICIES:
+        threshold = DEFAULT_THRESHOLDS[name] if threshold is None else threshold
+        return TeaCachePolicy(threshold, coefficients) if name == "teacache" else FirstBlockPolicy(threshold)
     anchors = anchors if anchors is not None else DEFAULT_SCHEDULE.anchors
     if name == "full":
         return FullPolicy()

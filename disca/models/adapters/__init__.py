@@ -4,7 +4,10 @@
     predictor = build_predictor(adapter, depth=2)
     FullGraph(adapter), PredictorGraph(adapter, predictor)            # what gets exported and run
 
-or in one call from a local diffusers directory: `load_diffusers(path)`. The
+or in one call from a local diffusers directory: `load_diffusers(path)`. A
+predictor trained on the host (`disca.training.predictor.train_host_predictor`,
+`disca-train predictor --from diffusers:PATH`) loads with
+`load_predictor_checkpoint(dir, adapter)`. The
 adapters call the host's own submodules; no model code is copied here. The
 official DisCa (Tencent-Hunyuan) checkpoint layout loads with
 `official_disca.load_official_disca`.
@@ -19,6 +22,7 @@ from disca.errors import CheckpointError, ConfigError
 from disca.models.adapters._common import DiffusersAdapter, FusionPredictor
 from disca.models.adapters.diffusers_hunyuan import HunyuanVideoAdapter, HunyuanVideoPredictor, pack_text
 from disca.models.adapters.diffusers_wan import WanAdapter, WanPredictor
+from disca.models.adapters.predictor_checkpoint import load_predictor_checkpoint
 
 # diffusers class name -> (adapter, predictor). Matched by exact class: a subclass (e.g. Wan VACE) differs.
 SUPPORTED = {
@@ -37,6 +41,7 @@ __all__ = [
     "adapt",
     "build_predictor",
     "load_diffusers",
+    "load_predictor_checkpoint",
     "pack_text",
 ]
 
@@ -62,7 +67,7 @@ def build_predictor(adapter: DiffusersAdapter, depth: int = 2) -> FusionPredicto
 def load_diffusers(path, *, predictor_depth: int = 2, mean_flow: str | None = None, torch_dtype=None, **kwargs):
     """A transformer from a local diffusers directory (config.json + safetensors) -> (adapter, predictor).
 
-    The predictor is freshly initialised; load trained weights into it separately.
+    The predictor is freshly initialised: a trained one comes from `load_predictor_checkpoint`.
     """
     path = Path(path)
     config = path / "config.json"

@@ -4,6 +4,7 @@ A backend runs the bundle's two graphs:
     full(latent, t, r, text)           -> (velocity, cache)   anchor step
     predict(latent, t, r, text, cache) -> velocity            cached step (learned predictor)
     head(latent, t, r, text, hidden)   -> velocity            cached step (training-free baselines)
+    first(latent, t, r, text)          -> (tokens, modulated, first)   probe of the threshold caches
 Arrays are the backend's own (numpy, torch tensors, ...): the sampler only adds
 and scales them, so latents and the cache can stay on the device between steps.
 The cache is opaque to the sampler: it is written by `full` and read in place by
@@ -60,6 +61,11 @@ class Backend:
         self._require_active()
         return self._head_impl(latent, t, r, text, hidden)
 
+    def first(self, latent, t, r, text):
+        """The probe graph (embedders + block 0): TeaCache and First-Block-Cache decide on its outputs."""
+        self._require_active()
+        return self._first_impl(latent, t, r, text)
+
     def _require_active(self) -> None:
         if not self.active:
             raise DiscaError(f"the {self.name} backend is not active: use it as a context manager or call activate()")
@@ -71,6 +77,11 @@ class Backend:
 
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
+
+    def values(self, x):
+        """`x` as an array the policies can do arithmetic on, without leaving the device where possible
+        (numpy here; the torch-based backends return their tensors as they are)."""
+        return self.to_numpy(x)
 
     def isfinite(self, x) -> bool:
         return bool(np.isfinite(self.to_numpy(x)).all())
@@ -94,3 +105,6 @@ class Backend:
 
     def _head_impl(self, latent, t, r, text, hidden):
         raise DiscaError(f"the {self.name} backend does not run the head graph (needed by reuse / taylorseer)")
+
+    def _first_impl(self, latent, t, r, text):
+        raise DiscaError(f"the {self.name} backend does not run the probe graph (needed by teacache / first-block)")

@@ -51,9 +51,11 @@ class OnnxRuntimeBackend(Backend):
         # steals the cores from the other one (measured on 2 cores: full step 121 ms with spinning vs 65 ms without).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         self.sessions = {}
-        # The head graph (training-free baselines only) is optional: older bundles, or a precision without it.
-        head = self.bundle.manifest["graphs"].get("head", {}).get("variants", {})
-        graphs = ["full", "predictor"] + (["head"] if self.precision in head else [])
+        # The head and probe graphs (training-free baselines only) are optional: older bundles, adapted models,
+        # or a precision without them.
+        manifest = self.bundle.manifest["graphs"]
+        graphs = ["full", "predictor"]
+        graphs += [g for g in ("head", "first") if self.precision in manifest.get(g, {}).get("variants", {})]
         for graph in graphs:
             path = self.bundle.graph_path(graph, self.precision)
             try:
@@ -94,14 +96,21 @@ class OnnxRuntimeBackend(Backend):
         (velocity,) = self._run("predictor", {"latent": latent, "t": t, "r": r, "text": text}, cache=cache)
         return velocity.numpy()
 
-    def _head_impl(self, latent, t, r, text, hidden):
-        if "head" not in self.sessions:
+    def _optional(self, graph: str, needed_by: str) -> None:
+        if graph not in self.sessions:
             raise DiscaError(
-                f"bundle {self.bundle.path} has no {self.precision} head graph (reuse / taylorseer need it): "
+                f"bundle {self.bundle.path} has no {self.precision} {graph} graph ({needed_by} need it): "
                 "re-export it with this disca version"
             )
+
+    def _head_impl(self, latent, t, r, text, hidden):
+        self._optional("head", "reuse / taylorseer / teacache / first-block")
         (velocity,) = self._run("head", {"latent": latent, "t": t, "r": r, "text": text}, cache=hidden)
         return velocity.numpy()
+
+    def _first_impl(self, latent, t, r, text):
+        self._optional("first", "teacache / first-block")
+        return tuple(v.numpy() for v in self._run("first", {"latent": latent, "t": t, "r": r, "text": text}))
 
     def to_numpy(self, x) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else x.numpy()  # velocities are numpy, the cache an OrtValue

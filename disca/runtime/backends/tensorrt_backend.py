@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from disca.engines import check_engine, engine_record, environment, graph_digest, plan_path
-from disca.errors import BackendUnavailable, DiscaError, EngineMismatch
+from disca.engines import check_engine, engine_key, engine_record, environment, graph_digest, plan_path
+from disca.errors import BackendUnavailable, BundleError, DiscaError, EngineMismatch
 from disca.runtime.backends.base import Backend
 
 GRAPHS = ("full", "predictor")
+OPTIONAL = ("head", "first")  # the training-free baselines' graphs: loaded when their engines were built
 
 
 class TensorRTBackend(Backend):
@@ -42,7 +43,9 @@ class TensorRTBackend(Backend):
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         self.engines, self.contexts, self.records = {}, {}, {}
-        for graph in GRAPHS:
+        built = self.bundle.manifest.get("engines", {})
+        optional = [g for g in OPTIONAL if engine_key(g, self.precision) in built]
+        for graph in (*GRAPHS, *optional):
             record = engine_record(self.bundle, graph, self.precision)
             check_engine(record, env, graph_digest(self.bundle, graph, self.precision))
             engine = runtime.deserialize_cuda_engine(plan_path(self.bundle, record).read_bytes())
@@ -146,6 +149,23 @@ class TensorRTBackend(Backend):
     def _predict_impl(self, latent, t, r, text, cache):
         return self._run("predictor", {"latent": latent, "t": t, "r": r, "text": text, "hidden": cache})["velocity"]
 
+    def _optional(self, graph: str) -> None:
+        if graph not in self.engines:
+            raise BundleError(
+                f"bundle {self.bundle.path} has no {self.precision} engine for the {graph} graph (the training-free "
+                f"baselines need it): `disca-export build {self.bundle.path} --precision {self.precision} "
+                f"--graphs {graph}`"
+            )
+
+    def _head_impl(self, latent, t, r, text, hidden):
+        self._optional("head")
+        return self._run("head", {"latent": latent, "t": t, "r": r, "text": text, "hidden": hidden})["velocity"]
+
+    def _first_impl(self, latent, t, r, text):
+        self._optional("first")
+        out = self._run("first", {"latent": latent, "t": t, "r": r, "text": text})
+        return out["tokens"], out["modulated"], out["first"]
+
     # ---------------------------------------------------------------- arrays (torch CUDA tensors)
 
     def asarray(self, a: np.ndarray):
@@ -153,6 +173,9 @@ class TensorRTBackend(Backend):
 
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy()
+
+    def values(self, x):
+        return x
 
     def isfinite(self, x) -> bool:
         return bool(self.torch.isfinite(x).all())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from disca.errors import BackendUnavailable, BundleError
+from disca.errors import BackendUnavailable, BundleError, DiscaError
 from disca.runtime.backends.base import Backend
 
 
@@ -28,7 +28,7 @@ class TorchBackend(Backend):
             import torch
 
             from disca.models import load_checkpoint
-            from disca.models.graphs import FullGraph, HeadGraph, PredictorGraph
+            from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph
         except ImportError:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'disca[torch]'") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -45,9 +45,10 @@ class TorchBackend(Backend):
         self.full_graph = FullGraph(dit).to(self.device)
         self.predictor_graph = PredictorGraph(dit, predictor).to(self.device)
         self.head_graph = HeadGraph(dit).to(self.device)
+        self.first_graph = FirstBlockGraph(dit).to(self.device) if hasattr(dit, "first_block") else None
 
     def _deactivate_impl(self) -> None:
-        self.full_graph = self.predictor_graph = self.head_graph = None
+        self.full_graph = self.predictor_graph = self.head_graph = self.first_graph = None
 
     def _full_impl(self, latent, t, r, text):
         with self.torch.inference_mode():
@@ -60,6 +61,15 @@ class TorchBackend(Backend):
     def _head_impl(self, latent, t, r, text, hidden):
         with self.torch.inference_mode():
             return self.head_graph(latent, t, r, text, hidden)
+
+    def _first_impl(self, latent, t, r, text):
+        if self.first_graph is None:
+            raise DiscaError("this model has no probe graph (teacache / first-block need a disca DiT)")
+        with self.torch.inference_mode():
+            return self.first_graph(latent, t, r, text)
+
+    def values(self, x):
+        return x
 
     def asarray(self, a: np.ndarray):
         return self.torch.from_numpy(np.array(a, dtype=np.float32)).to(
