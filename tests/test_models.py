@@ -152,3 +152,20 @@ def test_x_prediction_head_returns_the_velocity_toward_its_clean_estimate(tiny_m
     raw.load_state_dict(dit.state_dict())
     x_hat = raw.head(hidden, vec, latent, t)
     torch.testing.assert_close(v, (latent - x_hat) / torch.tensor([0.7, 0.05]).view(-1, 1, 1, 1, 1))
+
+
+def test_residual_predictor_starts_as_plain_reuse():
+    from disca.models import preset
+    from disca.models.dit import VideoDiT
+    from disca.models.predictor import CachePredictor
+
+    cfg = preset("tiny")
+    cfg.predictor.residual = True
+    dit, predictor = VideoDiT(cfg.dit), CachePredictor(cfg.dit, cfg.predictor)
+    x, t, text = torch.randn(1, 3, 2, 8, 8), torch.tensor([0.5]), torch.randn(1, 4, cfg.dit.text_dim)
+    tokens, vec, rope = dit.embed(x, t, t, text)
+    cached = torch.randn_like(tokens)
+    torch.testing.assert_close(predictor(tokens, cached, vec, rope), cached)  # untrained: the cache itself
+    with torch.no_grad():
+        predictor.fusion[-1].bias.fill_(0.1)
+    torch.testing.assert_close(predictor(tokens, cached, vec, rope), cached + 0.1)

@@ -16,7 +16,7 @@ from disca.cli._common import clean_errors
 @click.option("--policies", default="disca,reuse,taylorseer1,taylorseer2,teacache,first-block", show_default=True)
 @click.option("--anchors", "budgets", default="12,8,5,3", show_default=True, help="Anchor budgets K to run.")
 @click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.1,0.2,0.4,0.8).")
-@click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.05,...).")
+@click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.1,0.2,0.3,0.5).")
 @click.option("--samples", default=16, show_default=True, help="Prompt x seed clips per run.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")

@@ -65,6 +65,9 @@ class DiTConfig:
 @dataclass
 class PredictorConfig:
     depth: int = 2  # blocks of the DiT's own type after the fusion MLP (2 in DisCa)
+    # Add the prediction to the cached hidden state (output = cache + correction, the correction's last layer
+    # zero-initialised): training starts from plain reuse and learns what changes. Off in the official layout.
+    residual: bool = False
 
 
 @dataclass
@@ -109,7 +112,7 @@ PRESETS: dict[str, ModelConfig] = {
     # but trained 2.5x slower per step on CPU and had learned no shapes after 3400 steps.
     "demo": ModelConfig(
         DiTConfig(patch_size=(2, 4, 4), hidden_size=128, depth=12, num_heads=4, text_dim=32, prediction="x"),
-        PredictorConfig(depth=1),
+        PredictorConfig(depth=1, residual=True),
     ),
 }
 

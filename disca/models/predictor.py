@@ -6,6 +6,8 @@ token embedding; the DiT's own head then turns the forecast into the velocity.
 Structure as in the official DisCa code: a fusion MLP on the channel concat
 (2H -> H, SiLU, H -> H), then a few blocks of the DiT's own type, modulated by
 the current step's `vec` (time reaches the predictor only through `vec`).
+With `residual` (not in the official code) the fusion MLP's output is added to
+the cache, its last layer starting at zero: an untrained predictor is plain reuse.
 """
 
 from __future__ import annotations
@@ -28,14 +30,20 @@ class CachePredictor(nn.Module):
         H = dit.hidden_size
         self.fusion = nn.Sequential(nn.Linear(2 * H, H), nn.SiLU(), nn.Linear(H, H))
         self.blocks = nn.ModuleList(Block(dit) for _ in range(cfg.depth))
+        self.residual = cfg.residual
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         init_linears(self)
         zero_modulation(self.blocks)  # the untrained predictor is the fusion MLP
+        if self.residual:  # ... and, residual, plain reuse of the cache
+            nn.init.zeros_(self.fusion[-1].weight)
+            nn.init.zeros_(self.fusion[-1].bias)
 
     def forward(self, tokens: torch.Tensor, cached: torch.Tensor, vec: torch.Tensor, rope: Rope) -> torch.Tensor:
         x = self.fusion(torch.cat([tokens, cached], dim=-1))  # (B, N, 2H) -> (B, N, H)
+        if self.residual:
+            x = cached + x
         for block in self.blocks:
             x = block(x, vec, rope)
         return x
