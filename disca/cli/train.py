@@ -144,6 +144,13 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
 @click.option("--trajectories", default=128, show_default=True, help="Host sampling runs to learn from.")
 @click.option("--adversarial", default=0.0, show_default=True, help="Weight of the adversarial term (0: off).")
 @click.option(
+    "--velocity-weight",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of the error measured after the DiT's head (on the velocity), next to the feature error.",
+)
+@click.option(
     "--max-gap",
     type=click.IntRange(min=1),
     default=None,
@@ -164,6 +171,7 @@ def predictor_cmd(
     shift,
     trajectories,
     adversarial,
+    velocity_weight,
     max_gap,
 ):
     """Train the cache predictor on the frozen host's own trajectories.
@@ -181,7 +189,9 @@ def predictor_cmd(
     if (student_dir is None) == (source is None):
         raise click.UsageError("give exactly one of --student DIR or --from diffusers:PATH")
     anchors = parse_anchors(schedule)
-    common = dict(adversarial=adversarial, max_gap=max_gap, trajectories=trajectories)
+    common = dict(
+        adversarial=adversarial, max_gap=max_gap, trajectories=trajectories, velocity_weight=velocity_weight
+    )
     if student_dir is not None:
         from disca.training.predictor import train_predictor
 
