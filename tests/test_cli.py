@@ -98,7 +98,11 @@ def test_inspect_reports_and_verifies(tiny_bundle, bundle_copy):
     result = invoke(export_cli, ["inspect", tiny_bundle, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["ok"] and report["params"]["predictor"] > 0 and set(report["graphs"]) == {"full", "predictor", "head"}
+    assert (
+        report["ok"]
+        and report["params"]["predictor"] > 0
+        and set(report["graphs"]) == {"full", "predictor", "head", "first"}
+    )
     human = invoke(export_cli, ["inspect", tiny_bundle]).output
     assert "DiT" in human and "% of the DiT" in human and "OK" in human
     data = bundle_copy / "predictor.onnx.data"
