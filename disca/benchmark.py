@@ -22,7 +22,7 @@ from disca.runtime.schedule import OFFICIAL_ANCHORS, THRESHOLD_POLICIES, FullPol
 
 DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
-DEFAULT_THRESHOLDS = {"teacache": (0.1, 0.2, 0.4, 0.8), "first-block": (0.1, 0.2, 0.3, 0.5)}
+DEFAULT_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
 
 
 def anchor_list(bundle: Bundle, steps: int, k: int) -> list[int]:

@@ -38,7 +38,7 @@ from disca.runtime.video import check_path, write
 @click.option(
     "--threshold",
     type=click.FloatRange(min=0, min_open=True),
-    help="teacache / first-block: skip while the change stays under this (default 0.3 / 0.1).",
+    help="teacache / first-block: skip while the change stays under this (default 0.5 / 0.3).",
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)

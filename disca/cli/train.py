@@ -189,9 +189,7 @@ def predictor_cmd(
     if (student_dir is None) == (source is None):
         raise click.UsageError("give exactly one of --student DIR or --from diffusers:PATH")
     anchors = parse_anchors(schedule)
-    common = dict(
-        adversarial=adversarial, max_gap=max_gap, trajectories=trajectories, velocity_weight=velocity_weight
-    )
+    common = dict(adversarial=adversarial, max_gap=max_gap, trajectories=trajectories, velocity_weight=velocity_weight)
     if student_dir is not None:
         from disca.training.predictor import train_predictor
 

@@ -226,7 +226,7 @@ class FirstBlockPolicy(ThresholdPolicy):
 
 POLICIES = ("disca", "full", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 THRESHOLD_POLICIES = ("teacache", "first-block")
-DEFAULT_THRESHOLDS = {"teacache": 0.3, "first-block": 0.1}
+DEFAULT_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3}  # about 7 full steps of 20 on the demo (K = 8: 8)
 
 
 def make_policy(name: str, anchors=None, threshold: float | None = None, coefficients=None) -> Policy:
