@@ -16,14 +16,15 @@ from disca.spec import DIMS, ShapeRanges, dummy_inputs
 
 
 def test_bundle_holds_the_validated_graphs(tiny_bundle):
-    """full + predictor (DisCa), and head (the training-free baselines' cached step)."""
+    """full + predictor (DisCa), head (the training-free baselines' cached step) and first (their probe)."""
     b = Bundle.open(tiny_bundle, verify=True)
-    assert sorted(b.specs) == ["full", "head", "predictor"]
+    assert sorted(b.specs) == ["first", "full", "head", "predictor"]
     m = b.manifest
     assert [t["name"] for t in m["graphs"]["full"]["spec"]["outputs"]] == ["velocity", "hidden"]
     assert [t["name"] for t in m["graphs"]["predictor"]["spec"]["inputs"]][-1] == "hidden"
     assert [t["name"] for t in m["graphs"]["head"]["spec"]["inputs"]][-1] == "hidden"
-    for graph in ("full", "predictor", "head"):
+    assert [t["name"] for t in m["graphs"]["first"]["spec"]["outputs"]] == ["tokens", "modulated", "first"]
+    for graph in ("full", "predictor", "head", "first"):
         v = m["graphs"][graph]["variants"]["fp32"]
         assert v["opset"] == 23
         first, second = v["validation"]["shapes"]
