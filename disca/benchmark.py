@@ -22,7 +22,7 @@ from disca.runtime.schedule import OFFICIAL_ANCHORS, THRESHOLD_POLICIES, FullPol
 
 DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
-DEFAULT_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
+BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
 
 
 def anchor_list(bundle: Bundle, steps: int, k: int) -> list[int]:
@@ -73,7 +73,7 @@ def run_benchmark(
 
         return round(score(np.clip(outs, -1, 1), cal.prompts)["all"], 4)
 
-    thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    thresholds = {**BENCH_THRESHOLDS, **(thresholds or {})}
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
     rows = []
     with get_backend(backend, bundle, **(backend_options or {})) as b:

@@ -226,14 +226,14 @@ class FirstBlockPolicy(ThresholdPolicy):
 
 POLICIES = ("disca", "full", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 THRESHOLD_POLICIES = ("teacache", "first-block")
-DEFAULT_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3}  # about 7 full steps of 20 on the demo (K = 8: 8)
+SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3}  # about 7 full steps of 20 on the demo (K = 8: 8)
 
 
 def make_policy(name: str, anchors=None, threshold: float | None = None, coefficients=None) -> Policy:
     """A policy by name: anchor policies take `anchors`, threshold policies `threshold` (TeaCache also the
     bundle's fitted `coefficients`)."""
     if name in THRESHOLD_POLICIES:
-        threshold = DEFAULT_THRESHOLDS[name] if threshold is None else threshold
+        threshold = SKIP_THRESHOLDS[name] if threshold is None else threshold
         return TeaCachePolicy(threshold, coefficients) if name == "teacache" else FirstBlockPolicy(threshold)
     anchors = anchors if anchors is not None else DEFAULT_SCHEDULE.anchors
     if name == "full":

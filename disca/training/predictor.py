@@ -221,7 +221,7 @@ def train_predictor(
             dit, text, args.eval_n, args.frames, args.size, steps, shift, ckpt.predictor, list(anchors), args.device
         )
 
-    extra = {**_settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap)}
+    extra = _settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap)
     extra["student"] = str(student_dir)
     return fit_predictor(
         out,
