@@ -10,11 +10,13 @@ import pytest
 from disca.bundle import Bundle
 from disca.calibration.dataset import calibration_set, read_prompts, sample_all
 from disca.calibration.fp8 import calibrate_fp8
-from disca.calibration.schedule_search import greedy_curve, uniform_anchors
+from disca.calibration.schedule_search import greedy_curve
 from disca.cli.export import main as export_cli
+from disca.cli.run import main as run_cli
 from disca.errors import ConfigError
 from disca.metrics import psnr
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+from disca.runtime.schedule import uniform_anchors
 from tests.test_cli import error_line, invoke
 
 PROMPTS = ["a red circle", "the blue square moving up"]
@@ -100,6 +102,11 @@ def test_schedule_cli_writes_the_default_schedule_and_a_report(bundle_copy, prom
     assert {p.name for p in report.iterdir()} == {"schedule_search.json", "schedule_search.md", "schedule_search.png"}
     assert Bundle.open(bundle_copy).schedule.anchors == out["chosen"] == out["curve"][1]["anchors"]
     assert Bundle.open(bundle_copy).schedule.steps == 4
+    lists = Bundle.open(bundle_copy).manifest["anchor_lists"]
+    assert lists["steps"] == 4 and lists["lists"] == {str(p["k"]): p["anchors"] for p in out["curve"]}
+    # `disca-run --anchors K` runs the searched list of K
+    run = invoke(run_cli, [bundle_copy, "--prompt", "a red circle", "--steps", "4", "--anchors", "3", "--json"])
+    assert json.loads(run.output)["anchors"] == lists["lists"]["3"]
     line = error_line(invoke(export_cli, [*args[:5], "9", "--prompts", prompt_file]))
     assert "--anchors must be between 1 and --steps (4)" in line
 

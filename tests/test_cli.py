@@ -66,6 +66,7 @@ def test_run_takes_text_embeddings_and_full_schedule(tiny_bundle, tmp_path):
     [
         (["--schedule", "1,2"], "step 0 must be an anchor"),
         (["--schedule", "0,a"], "comma-separated step numbers"),
+        (["--anchors", "2"], "give either --schedule (the anchor steps) or --anchors (how many)"),
         (["--frames", "64"], "frames=64 is outside the bundle's range"),
         (["--out", "clip.avi"], "must end in one of .gif, .mp4, .npy"),
         (["--providers", "cuda"], "provider CUDAExecutionProvider is not available"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from disca.benchmark import anchor_list, markdown, plot, run_benchmark
+from disca.benchmark import markdown, plot, run_benchmark
 from disca.bundle import Bundle
 from disca.calibration.dataset import calibration_set
 from disca.calibration.teacache import change_pairs, fit_teacache
@@ -18,7 +18,14 @@ from disca.errors import DiscaError, ScheduleError
 from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph
 from disca.runtime import Pipeline
 from disca.runtime.backends.torch_backend import TorchBackend
-from disca.runtime.schedule import FirstBlockPolicy, ReusePolicy, TaylorSeerPolicy, make_policy, rel_l1
+from disca.runtime.schedule import (
+    FirstBlockPolicy,
+    ReusePolicy,
+    TaylorSeerPolicy,
+    budget_anchors,
+    make_policy,
+    rel_l1,
+)
 from tests.test_cli import error_line, invoke
 
 
@@ -100,7 +107,14 @@ def test_bundle_without_head_graph_is_a_clear_error(bundle_copy):
 
 def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
     b = Bundle.open(tiny_bundle)
-    assert anchor_list(b, 20, 8) == b.schedule.anchors and anchor_list(b, 20, 4) == [0, 5, 10, 15]
+    assert budget_anchors(b.manifest, 20, 8) == (b.schedule.anchors, "default")
+    assert budget_anchors(b.manifest, 20, 4) == ([0, 5, 10, 15], "uniform")
+    assert budget_anchors(b.manifest, 20, 10) == ([0, 1, 2, 5, 9, 11, 13, 15, 17, 19], "official")
+    searched = {**b.manifest, "anchor_lists": {"steps": 20, "lists": {"4": [0, 3, 9, 19]}}}
+    assert budget_anchors(searched, 20, 4) == ([0, 3, 9, 19], "searched")
+    assert budget_anchors(searched, 10, 4) == ([0, 2, 5, 8], "uniform")  # searched for 20 steps, not 10
+    with pytest.raises(ScheduleError, match="between 1 and 20"):
+        budget_anchors(b.manifest, 20, 21)
     cal = calibration_set(b, ["a red circle"], n=2)
     report = run_benchmark(tiny_bundle, cal, policies=("disca", "reuse", "taylorseer1"), budgets=(8, 4))
     rows = report["rows"]
@@ -109,7 +123,7 @@ def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
         cached = "predictor" if r["policy"] == "disca" else "head"
         assert r["passes"] == {"full": r["anchors"], cached: 20 - r["anchors"]}
         assert np.isfinite(r["psnr_db"]) and 0 < r["ssim"] <= 1 and r["speedup_vs_full"] > 0
-    assert "| reuse | 4 anchors | 4 full, 16 head |" in markdown(report)
+    assert "| reuse | 4 anchors (uniform) | 4 full, 16 head |" in markdown(report)
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 10_000
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from disca.calibration.dataset import CalibrationSet, sample_all
 from disca.metrics import psnr
-from disca.runtime.schedule import OFFICIAL_ANCHORS
+from disca.runtime.schedule import OFFICIAL_ANCHORS, uniform_anchors
 
 
 @dataclass
@@ -28,11 +28,6 @@ class Point:
         d = asdict(self)
         d["psnr_db"] = None if not np.isfinite(self.psnr_db) else round(self.psnr_db, 3)
         return d
-
-
-def uniform_anchors(steps: int, k: int) -> list[int]:
-    """k anchors spread evenly over the steps, step 0 first."""
-    return sorted({int(round(i * steps / k)) for i in range(k)})
 
 
 def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, log=lambda msg: None):

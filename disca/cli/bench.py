@@ -51,7 +51,7 @@ def main(
       disca-bench --samples 16
       disca-bench bundles/student --anchors 10,8,6,4 --prompts prompts.txt --teacher bundles/teacher
     """
-    from disca.benchmark import markdown, plot, run_benchmark
+    from disca.benchmark import BENCH_SEED, markdown, plot, run_benchmark
     from disca.bundle import Bundle
     from disca.calibration.dataset import calibration_set, read_prompts
     from disca.runtime import demo_bundle
@@ -72,7 +72,7 @@ def main(
         if text
     }
     b = Bundle.open(bundle)
-    cal = calibration_set(b, read_prompts(prompts) if prompts else None, n=samples)
+    cal = calibration_set(b, read_prompts(prompts) if prompts else None, n=samples, seed=BENCH_SEED)
     options = {"threads": threads} if backend == "onnxruntime" and threads else {}
     console = Console(stderr=True)
     report = run_benchmark(

@@ -322,19 +322,20 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @main.command("schedule")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
-@click.option("--anchors", "k", type=int, required=True, help="How many anchor (full-DiT) steps to choose.")
+@click.option("--anchors", "k", type=int, help="Also make the searched list of K anchors the default schedule.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
 @click.option("--samples", default=8, show_default=True, help="Prompt x seed samples per evaluated run.")
 @click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
-@click.option("--no-write", is_flag=True, help="Report only: leave the bundle's default schedule as it is.")
+@click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
 def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_json):
-    """Search the K anchor steps whose DisCa runs come closest to all-full sampling.
+    """Search, for every budget K, the K anchor steps whose DisCa runs come closest to all-full sampling.
 
-    Greedy forward selection over real runs on the calibration set (step 0 always an anchor);
-    writes the chosen list into the manifest as the default schedule, and a quality-vs-anchors
-    curve (K = 1..N) as a table, JSON and PNG plot, compared with the official and uniform lists.
+    Greedy forward selection over real runs on the calibration set (step 0 always an anchor).
+    Stores the searched list of every K in the manifest (`anchor_lists`: what `disca-run --anchors K`
+    and `disca-bench` use), with --anchors K also as the default schedule, and writes the
+    quality-vs-anchors curve as a table, JSON and PNG plot, compared with the official and uniform lists.
     """
     from disca.calibration.dataset import uses_task_vocabulary
     from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
@@ -342,7 +343,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_js
 
     b = Bundle.open(bundle)
     steps = steps or b.schedule.steps
-    if not 1 <= k <= steps:
+    if k is not None and not 1 <= k <= steps:
         raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
@@ -354,9 +355,9 @@ def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_js
     console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
     with OnnxRuntimeBackend(b) as backend:
         ref, curve = greedy_curve(backend, cal, steps=steps, shift=b.schedule.shift, log=console.print)
-        ks = sorted({k, *(x for x in (6, 8, 10) if x < steps)})
+        ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(backend, cal, ref, curve, steps=steps, shift=b.schedule.shift, ks=ks, adherence=adherence)
-    chosen = curve[k - 1].anchors
+    chosen = curve[k - 1].anchors if k else None
     report_dir.mkdir(parents=True, exist_ok=True)
     result = {"steps": steps, "anchors": k, "chosen": chosen, "curve": [p.to_dict() for p in curve], "compare": rows}
     (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
@@ -365,13 +366,25 @@ def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_js
     if not no_write:
         from disca.engines import write_manifest
 
-        b.manifest["schedule"] = {"steps": steps, "shift": b.schedule.shift, "anchors": chosen, "searched": True}
+        b.manifest["anchor_lists"] = {
+            "steps": steps,
+            "shift": b.schedule.shift,
+            "samples": len(cal),
+            "lists": {str(p.k): p.anchors for p in curve},
+            "psnr_db": {str(p.k): p.to_dict()["psnr_db"] for p in curve},
+        }
+        if chosen:
+            b.manifest["schedule"] = {"steps": steps, "shift": b.schedule.shift, "anchors": chosen, "searched": True}
         write_manifest(b)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(markdown_table(curve, rows))
-        where = "kept the bundle's schedule" if no_write else f"wrote anchors {chosen} as {b.path}'s default schedule"
+        if no_write:
+            where = "left the manifest as it was"
+        else:
+            where = f"stored the searched lists (K = 1..{steps}) in {b.path}"
+            where += f", anchors {chosen} as its default schedule" if chosen else ""
         click.echo(f"{where}; report in {report_dir}/")
 
 

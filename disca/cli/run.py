@@ -17,7 +17,7 @@ from rich.table import Table
 from disca.cli._common import clean_errors
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
-from disca.runtime.schedule import parse_anchors
+from disca.runtime.schedule import budget_anchors, parse_anchors
 from disca.runtime.video import check_path, write
 
 
@@ -28,6 +28,12 @@ from disca.runtime.video import check_path, write
 @click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
 @click.option("--shift", type=float, help="Sigma shift (default: the bundle's schedule).")
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
+@click.option(
+    "--anchors",
+    "budget",
+    type=click.IntRange(min=1),
+    help="Run K full steps: the bundle's searched list of K anchors (else official / uniform).",
+)
 @click.option(
     "--policy",
     type=click.Choice(["disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block"]),
@@ -73,6 +79,7 @@ def main(
     steps,
     shift,
     schedule,
+    budget,
     policy,
     threshold,
     seed,
@@ -100,12 +107,15 @@ def main(
       disca-run bundles/demo --prompt "a red circle moving left" --out clip.gif
       disca-run bundles/demo --prompt "a red circle moving left" --schedule full --json
       disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
+      disca-run bundles/demo --prompt "..." --anchors 5
       disca-run bundles/demo --prompt "..." --backend tensorrt --precision fp8
     """
     if bundle is None:
         bundle = demo_bundle()
     if (prompt is None) == (text_embeddings is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
+    if schedule is not None and budget is not None:
+        raise click.UsageError("give either --schedule (the anchor steps) or --anchors (how many), not both")
     if out is not None:
         check_path(out)
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
@@ -114,6 +124,8 @@ def main(
 
     with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
         n_steps = steps or pipe.bundle.schedule.steps
+        if budget is not None:
+            anchors, _ = budget_anchors(pipe.bundle.manifest, n_steps, budget)
         with _progress(n_steps, disable=as_json) as on_step:
             result = pipe.generate(
                 prompt,

@@ -38,6 +38,28 @@ def check_anchors(anchors, steps: int) -> list[int]:
     return [int(a) for a in anchors]
 
 
+def uniform_anchors(steps: int, k: int) -> list[int]:
+    """k anchors spread evenly over the steps, step 0 first."""
+    return sorted({int(round(i * steps / k)) for i in range(k)})
+
+
+def budget_anchors(manifest: dict, steps: int, k: int) -> tuple[list[int], str]:
+    """The best-known list of k anchors for a bundle -> (anchors, where it comes from): the list searched
+    for this model (`disca-export schedule`, stored as `anchor_lists`), else the default schedule when it
+    has k anchors, else the official DisCa list, else uniform spacing."""
+    if not 1 <= k <= steps:
+        raise ScheduleError(f"an anchor budget must be between 1 and {steps} steps, got {k}")
+    searched = manifest.get("anchor_lists") or {}
+    if searched.get("steps") == steps and str(k) in searched.get("lists", {}):
+        return [int(a) for a in searched["lists"][str(k)]], "searched"
+    default = manifest["schedule"]
+    if int(default["steps"]) == steps and len(default["anchors"]) == k:
+        return [int(a) for a in default["anchors"]], "default"
+    if (steps, k) in OFFICIAL_ANCHORS:
+        return list(OFFICIAL_ANCHORS[(steps, k)]), "official"
+    return uniform_anchors(steps, k), "uniform"
+
+
 def parse_anchors(text: str) -> list[int]:
     """'0,1,2,5' -> [0, 1, 2, 5]"""
     try:
