@@ -49,7 +49,7 @@ def run_benchmark(
     cal: CalibrationSet,
     *,
     policies=DEFAULT_POLICIES,
-    budgets=(12, 8, 5, 3),
+    budgets=(14, 12, 10, 8, 6, 5, 4, 3),
     thresholds=None,
     backend: str = "onnxruntime",
     backend_options=None,
