@@ -7,16 +7,17 @@ set -euo pipefail
 runs=${RUNS:-runs}
 
 disca-train teacher --preset demo --out "$runs/teacher" --batch 16 --lr 5e-4 --ema 0.999 \
-    --ckpt-every 50 --eval-every 1000 --steps "${TEACHER_STEPS:-7300}"
+    --ckpt-every 50 --eval-every 1000 --steps "${TEACHER_STEPS:-11100}"
 disca-train distill --teacher "$runs/teacher" --out "$runs/student" --batch 8 --lr 2e-4 --max-gap 2 \
-    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-400}"
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-800}"
 disca-train distill --teacher "$runs/teacher" --out "$runs/student-plain" --plain --batch 8 --lr 2e-4 \
-    --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-400}"
+    --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-800}"
 disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajectories 128 --max-gap 7 \
     --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 --ckpt-every 100 --eval-every 2000 \
     --steps "${PREDICTOR_STEPS:-4000}"
 disca-export onnx --checkpoint "$runs/predictor" --out disca/demo --no-weights --overwrite
 disca-export teacache disca/demo --samples 16
+disca-export schedule disca/demo --samples 8 --report "$runs/sched-report"
 disca-export onnx --checkpoint "$runs/teacher" --out "$runs/bundle-teacher" --no-weights --overwrite
 disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite
 python scripts/eval_demo.py --bundle disca/demo --teacher "$runs/teacher" --plain-bundle "$runs/bundle-plain" \

@@ -105,6 +105,12 @@ def test_bundle_without_head_graph_is_a_clear_error(bundle_copy):
             pipe.denoise(np.zeros((1, 3, 2, 8, 8)), np.zeros((1, 4, 16)), steps=4, anchors=[0, 2], policy="reuse")
 
 
+def test_pipeline_takes_an_anchor_budget(tiny_bundle):
+    with Pipeline.load(tiny_bundle) as pipe:
+        result = pipe.generate("a red circle", steps=20, anchors=4)
+    assert result.anchors == [0, 5, 10, 15] and result.stats.full_calls == 4  # no searched list: uniform
+
+
 def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
     b = Bundle.open(tiny_bundle)
     assert budget_anchors(b.manifest, 20, 8) == (b.schedule.anchors, "default")

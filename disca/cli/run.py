@@ -17,7 +17,7 @@ from rich.table import Table
 from disca.cli._common import clean_errors
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
-from disca.runtime.schedule import budget_anchors, parse_anchors
+from disca.runtime.schedule import parse_anchors
 from disca.runtime.video import check_path, write
 
 
@@ -119,13 +119,11 @@ def main(
     if out is not None:
         check_path(out)
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
-    anchors = None if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
+    anchors = budget if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
     options = _backend_options(backend, providers, threads, precision, cuda_graphs, device)
 
     with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
         n_steps = steps or pipe.bundle.schedule.steps
-        if budget is not None:
-            anchors, _ = budget_anchors(pipe.bundle.manifest, n_steps, budget)
         with _progress(n_steps, disable=as_json) as on_step:
             result = pipe.generate(
                 prompt,

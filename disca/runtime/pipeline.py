@@ -22,7 +22,14 @@ from disca.bundle import Bundle
 from disca.errors import BundleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
-from disca.runtime.schedule import THRESHOLD_POLICIES, FullPolicy, Policy, check_anchors, make_policy
+from disca.runtime.schedule import (
+    THRESHOLD_POLICIES,
+    FullPolicy,
+    Policy,
+    budget_anchors,
+    check_anchors,
+    make_policy,
+)
 from disca.runtime.text import Vocabulary, hash_embed
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
@@ -81,6 +88,12 @@ class Pipeline:
 
     # ---------------------------------------------------------------- sampling
 
+    def _anchors(self, steps: int, anchors):
+        """An int K is a budget: the bundle's best-known list of K anchors (searched, default, official, uniform)."""
+        if isinstance(anchors, int | np.integer):
+            return budget_anchors(self.bundle.manifest, steps, int(anchors))[0]
+        return anchors
+
     def _policy(self, steps: int, anchors, policy: str = "disca", threshold: float | None = None) -> Policy:
         if anchors == "full":
             return FullPolicy()
@@ -111,7 +124,8 @@ class Pipeline:
     ) -> tuple[np.ndarray, RunStats]:
         """Denoise your own initial latent (B, C, F, H, W) with your text embeddings (B, L, Dt).
 
-        anchors: list of anchor steps, "full" for every step full, None for the bundle's default.
+        anchors: list of anchor steps, an int K for the bundle's searched list of K anchors (`disca-export
+        schedule`; else the official or a uniform list), "full" for every step full, None for the default.
         policy: what the non-anchor steps run: "disca" (the learned predictor) or a training-free
         baseline: "reuse", "taylorseer1" / "taylorseer2" (on the anchors), or "teacache" /
         "first-block", which pick their full steps themselves, skipping while a change measure stays
@@ -119,7 +133,7 @@ class Pipeline:
         """
         steps = steps or self.bundle.schedule.steps
         shift = shift or self.bundle.schedule.shift
-        chosen = self._policy(steps, anchors, policy, threshold)
+        chosen = self._policy(steps, self._anchors(steps, anchors), policy, threshold)
         latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
         self._check_shapes(latent, text)
         return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)
@@ -150,6 +164,7 @@ class Pipeline:
         ranges = self.bundle.ranges
         frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
         noise = np.random.default_rng(seed).standard_normal((batch, self.bundle.channels, frames, height, width))
+        anchors = self._anchors(steps or self.bundle.schedule.steps, anchors)
         latent, stats = self.denoise(
             noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, threshold=threshold, on_step=on_step
         )
