@@ -169,10 +169,11 @@ def plot(report: dict, path) -> None:
     has_adh = any("adherence" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if has_adh else 1, figsize=(11 if has_adh else 6, 4), dpi=120, squeeze=False)
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        pts = sorted((r["speedup_vs_full"], r) for r in rows if r["policy"] == policy)
-        axes[0][0].plot([s for s, _ in pts], [r["psnr_db"] for _, r in pts], "o-", label=policy)
+        pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["speedup_vs_full"])  # ties happen
+        speedups = [r["speedup_vs_full"] for r in pts]
+        axes[0][0].plot(speedups, [r["psnr_db"] for r in pts], "o-", label=policy)
         if has_adh:
-            axes[0][1].plot([s for s, _ in pts], [r["adherence"] for _, r in pts], "o-", label=policy)
+            axes[0][1].plot(speedups, [r["adherence"] for r in pts], "o-", label=policy)
     axes[0][0].set_ylabel("PSNR vs all-full student (dB)")
     if has_adh:
         full = report["rows"][0].get("adherence")
