@@ -9,9 +9,9 @@ runs=${RUNS:-runs}
 disca-train teacher --preset demo --out "$runs/teacher" --batch 16 --lr 5e-4 --ema 0.999 \
     --ckpt-every 50 --eval-every 1000 --steps "${TEACHER_STEPS:-11100}"
 disca-train distill --teacher "$runs/teacher" --out "$runs/student" --batch 8 --lr 2e-4 --max-gap 2 \
-    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-800}"
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}"
 disca-train distill --teacher "$runs/teacher" --out "$runs/student-plain" --plain --batch 8 --lr 2e-4 \
-    --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-800}"
+    --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-200}"
 disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajectories 128 --max-gap 7 \
     --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 --ckpt-every 100 --eval-every 2000 \
     --steps "${PREDICTOR_STEPS:-4000}"
