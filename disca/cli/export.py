@@ -370,8 +370,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_js
             "steps": steps,
             "shift": b.schedule.shift,
             "samples": len(cal),
-            "lists": {str(p.k): p.anchors for p in curve},
-            "psnr_db": {str(p.k): p.to_dict()["psnr_db"] for p in curve},
+            "lists": {str(p["k"]): p["anchors"] for p in result["curve"]},
+            "psnr_db": {str(p["k"]): p["psnr_db"] for p in result["curve"]},
         }
         if chosen:
             b.manifest["schedule"] = {"steps": steps, "shift": b.schedule.shift, "anchors": chosen, "searched": True}
