@@ -17,7 +17,13 @@ from disca.metrics import psnr, ssim
 from disca.runtime.backends import get_backend
 from disca.runtime.pipeline import Pipeline
 from disca.runtime.sampler import denoise, denoise_cfg
-from disca.runtime.schedule import THRESHOLD_POLICIES, FullPolicy, budget_anchors, make_policy
+from disca.runtime.schedule import (
+    THRESHOLD_POLICIES,
+    FullPolicy,
+    budget_anchors,
+    calibrated_reuse_gaps,
+    make_policy,
+)
 
 DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
@@ -37,8 +43,8 @@ def _runs(backend, cal: CalibrationSet, policy_factory, steps, shift):
         outs.append(out[0])
         ms += stats.total_ms
         passes["full"] = passes.get("full", 0) + stats.full_calls
-        if stats.predictor_calls:
-            passes[stats.cached_graph] = passes.get(stats.cached_graph, 0) + stats.predictor_calls
+        for graph, (calls, _) in stats.graphs.items():
+            passes[graph] = passes.get(graph, 0) + calls
         if stats.probe_calls:  # partial passes: embedders + block 0
             passes["first"] = passes.get("first", 0) + stats.probe_calls
     return np.stack(outs), ms / len(cal), {g: c / len(cal) for g, c in passes.items()}
@@ -69,6 +75,7 @@ def run_benchmark(
 
     thresholds = {**BENCH_THRESHOLDS, **(thresholds or {})}
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
+    reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps)  # DisCa as the runtime runs it
     rows = []
     with get_backend(backend, bundle, **(backend_options or {})) as b:
         log(f"all-full reference: {len(cal)} clips x {steps} steps")
@@ -77,7 +84,11 @@ def run_benchmark(
         if task:
             rows[0]["adherence"] = adherence(ref)
         runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
-            (name, {"anchors": k, "anchor_list": a, "anchor_source": src}, lambda name=name, a=a: make_policy(name, a))
+            (
+                name,
+                {"anchors": k, "anchor_list": a, "anchor_source": src},
+                lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps),
+            )
             for k in budgets
             for a, src in [budget_anchors(bundle.manifest, steps, k)]
             for name in policies
@@ -100,7 +111,8 @@ def run_benchmark(
             log(f"  {name:12s} {label}: {full_ms / ms:4.2f}x, {passes['full']:.1f} full, {row['psnr_db']:6.2f} dB")
     for row in rows:
         row["speedup_vs_full"] = round(full_ms / row["ms_per_clip"], 3)
-    report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps, "rows": rows}
+    report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps}
+    report |= {"disca_reuse_gaps": reuse_gaps, "rows": rows}
     if teacher_path is not None:
         teacher = Bundle.open(teacher_path)
         nulls = Pipeline(teacher, backend=None)

@@ -56,3 +56,11 @@ def bundle_copy(tiny_bundle, tmp_path):
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dst)
     return dst
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    """A prompt file with a comment and a blank line, as users write them."""
+    p = tmp_path / "prompts.txt"
+    p.write_text("# calibration prompts\na red circle\n\nthe blue square moving up\n")
+    return p

@@ -22,13 +22,6 @@ from tests.test_cli import error_line, invoke
 PROMPTS = ["a red circle", "the blue square moving up"]
 
 
-@pytest.fixture
-def prompt_file(tmp_path):
-    p = tmp_path / "prompts.txt"
-    p.write_text("# calibration prompts\na red circle\n\nthe blue square moving up\n")
-    return p
-
-
 def test_calibration_set_and_prompt_files(tiny_bundle, prompt_file, tmp_path):
     b = Bundle.open(tiny_bundle)
     assert read_prompts(prompt_file) == PROMPTS

@@ -30,12 +30,14 @@ class Point:
         return d
 
 
-def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, log=lambda msg: None):
-    """-> (all-full reference latents, [Point for k = 1..steps]) along the greedy path."""
+def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, reuse_gaps=(), log=lambda msg: None):
+    """-> (all-full reference latents, [Point for k = 1..steps]) along the greedy path (DisCa runs with
+    `reuse_gaps`, as the runtime will run them)."""
     reference = sample_all(backend, cal, steps=steps, shift=shift)
 
     def quality(anchors):
-        return psnr(sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors), reference)
+        out = sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps)
+        return psnr(out, reference)
 
     anchors = [0]
     curve = [Point(1, [0], quality([0]))]
@@ -48,7 +50,9 @@ def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, log=
     return reference, curve
 
 
-def compare(backend, cal, reference, curve, *, steps: int, shift: float, ks=(6, 8, 10), adherence=None) -> list[dict]:
+def compare(
+    backend, cal, reference, curve, *, steps: int, shift: float, ks=(6, 8, 10), reuse_gaps=(), adherence=None
+) -> list[dict]:
     """Searched vs official vs uniform anchor lists at each k: PSNR against all-full (and adherence)."""
     rows = []
     for k in ks:
@@ -58,7 +62,7 @@ def compare(backend, cal, reference, curve, *, steps: int, shift: float, ks=(6, 
         if (steps, k) in OFFICIAL_ANCHORS:
             lists["official"] = OFFICIAL_ANCHORS[(steps, k)]
         for name, anchors in lists.items():
-            out = sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors)
+            out = sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps)
             row = {"k": k, "schedule": name, "anchors": anchors, "psnr_db": round(psnr(out, reference), 3)}
             if adherence is not None:
                 row["adherence"] = adherence(out)

@@ -325,24 +325,35 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @click.option("--anchors", "k", type=int, help="Also make the searched list of K anchors the default schedule.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
 @click.option("--samples", default=8, show_default=True, help="Prompt x seed samples per evaluated run.")
+@click.option(
+    "--predictor-only",
+    is_flag=True,
+    help="Run the predictor on every cached step (the paper's DisCa): skip the per-gap reuse calibration.",
+)
 @click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_json):
-    """Search, for every budget K, the K anchor steps whose DisCa runs come closest to all-full sampling.
+def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir, no_write, as_json):
+    """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
+    DisCa runs come closest to all-full sampling.
 
-    Greedy forward selection over real runs on the calibration set (step 0 always an anchor).
-    Stores the searched list of every K in the manifest (`anchor_lists`: what `disca-run --anchors K`
-    and `disca-bench` use), with --anchors K also as the default schedule, and writes the
-    quality-vs-anchors curve as a table, JSON and PNG plot, compared with the official and uniform lists.
+    First, gap by gap (steps since the last anchor), whether the predictor or the plain cache through
+    the head comes closer to the full DiT's velocity on the calibration runs; DisCa reuses the cache
+    where it does (`cached_steps` in the manifest). Then greedy forward selection over real DisCa runs
+    (step 0 always an anchor). Stores the searched list of every K in the manifest (`anchor_lists`:
+    what `disca-run --anchors K` and `disca-bench` use), with --anchors K also as the default schedule,
+    and writes the quality-vs-anchors curve as a table, JSON and PNG plot, compared with the official
+    and uniform lists.
     """
+    from disca.calibration import gaps
     from disca.calibration.dataset import uses_task_vocabulary
     from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     b = Bundle.open(bundle)
     steps = steps or b.schedule.steps
+    shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
         raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")
     cal = _calibration_set(b, prompts, samples)
@@ -352,34 +363,57 @@ def schedule_cmd(bundle, steps, k, prompts, samples, report_dir, no_write, as_js
         from disca.task import score
 
         adherence = lambda out: round(score(np.clip(out, -1, 1), cal.prompts)["all"], 4)  # noqa: E731
-    console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
+    cached_steps = None
     with OnnxRuntimeBackend(b) as backend:
-        ref, curve = greedy_curve(backend, cal, steps=steps, shift=b.schedule.shift, log=console.print)
+        if not predictor_only:
+            console.print(f"predictor vs reuse, gap by gap, on {len(cal)} all-full runs...")
+            errors = gaps.gap_errors(backend, cal, steps=steps, shift=shift)
+            cached_steps = gaps.cached_steps_record(errors, steps=steps, shift=shift, samples=len(cal))
+            console.print(f"  reuse the cache at gaps {cached_steps['reuse_gaps'] or 'none'}")
+        reuse_gaps = cached_steps["reuse_gaps"] if cached_steps else []
+        console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
+        ref, curve = greedy_curve(backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print)
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
-        rows = compare(backend, cal, ref, curve, steps=steps, shift=b.schedule.shift, ks=ks, adherence=adherence)
+        rows = compare(
+            backend, cal, ref, curve, steps=steps, shift=shift, ks=ks, reuse_gaps=reuse_gaps, adherence=adherence
+        )
     chosen = curve[k - 1].anchors if k else None
     report_dir.mkdir(parents=True, exist_ok=True)
-    result = {"steps": steps, "anchors": k, "chosen": chosen, "curve": [p.to_dict() for p in curve], "compare": rows}
+    result = {
+        "steps": steps,
+        "anchors": k,
+        "chosen": chosen,
+        "cached_steps": cached_steps,
+        "curve": [p.to_dict() for p in curve],
+        "compare": rows,
+    }
+    table = markdown_table(curve, rows)
+    if cached_steps:
+        table = gaps.markdown_table(cached_steps["errors"]) + "\n\n" + table
     (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
-    (report_dir / "schedule_search.md").write_text(markdown_table(curve, rows) + "\n")
+    (report_dir / "schedule_search.md").write_text(table + "\n")
     plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
     if not no_write:
         from disca.engines import write_manifest
 
+        b.manifest.pop("cached_steps", None)  # --predictor-only: the predictor on every cached step
+        if cached_steps:
+            b.manifest["cached_steps"] = cached_steps
         b.manifest["anchor_lists"] = {
             "steps": steps,
-            "shift": b.schedule.shift,
+            "shift": shift,
             "samples": len(cal),
+            "reuse_gaps": reuse_gaps,  # the lists were searched with this fallback
             "lists": {str(p["k"]): p["anchors"] for p in result["curve"]},
             "psnr_db": {str(p["k"]): p["psnr_db"] for p in result["curve"]},
         }
         if chosen:
-            b.manifest["schedule"] = {"steps": steps, "shift": b.schedule.shift, "anchors": chosen, "searched": True}
+            b.manifest["schedule"] = {"steps": steps, "shift": shift, "anchors": chosen, "searched": True}
         write_manifest(b)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(markdown_table(curve, rows))
+        click.echo(table)
         if no_write:
             where = "left the manifest as it was"
         else:

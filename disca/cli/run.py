@@ -206,11 +206,11 @@ class _progress:
 
 def _print_summary(s: dict, out) -> None:
     table = Table("", "calls", "ms / call", "ms total", title=f"{s['backend']} · {s['policy']} · {s['steps']} steps")
-    rows = [("full DiT", "full"), (s["cached_graph"], "predictor")]
+    rows = [("full DiT", s["full_calls"], s["ms_per_full"])]
+    rows += [(graph, g["calls"], g["ms_per_call"]) for graph, g in s["cached_graphs"].items()]
     if s["probe_calls"]:
-        rows.append(("probe (block 0)", "probe"))
-    for name, key in rows:
-        calls, per = s[f"{key}_calls"], s[f"ms_per_{key}"]
+        rows.append(("probe (block 0)", s["probe_calls"], s["ms_per_probe"]))
+    for name, calls, per in rows:
         table.add_row(name, str(calls), f"{per:.2f}" if per else "-", f"{calls * per:.1f}" if per else "-")
     table.add_row("runtime overhead", "", "", f"{s['overhead_ms']:.2f}")
     table.add_row("total", "", "", f"{s['total_ms']:.1f}")

@@ -27,6 +27,7 @@ from disca.runtime.schedule import (
     FullPolicy,
     Policy,
     budget_anchors,
+    calibrated_reuse_gaps,
     check_anchors,
     make_policy,
 )
@@ -108,7 +109,8 @@ class Pipeline:
                     f"not {steps}: pass a schedule for {steps} steps"
                 )
             anchors = default.anchors
-        return make_policy(policy, check_anchors(anchors, steps))
+        reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps)
+        return make_policy(policy, check_anchors(anchors, steps), reuse_gaps=reuse_gaps)
 
     def denoise(
         self,

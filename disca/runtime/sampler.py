@@ -25,14 +25,15 @@ class RunStats:
     policy: str
     steps: int
     full_calls: int = 0
-    predictor_calls: int = 0  # cached steps, whichever graph ran them (`cached_graph`)
+    predictor_calls: int = 0  # cached steps, whichever graph ran them (`graphs` splits them)
     full_ms: float = 0.0  # time inside full-graph calls, summed
-    predictor_ms: float = 0.0  # time inside predictor-graph calls, summed
+    predictor_ms: float = 0.0  # time inside cached-step calls, summed
     probe_calls: int = 0  # partial passes of the threshold caches (the `first` graph: embedders + block 0)
     probe_ms: float = 0.0
     total_ms: float = 0.0  # the whole loop
     per_step: list = field(default_factory=list)  # (step, "full" | "predictor" | "head", ms, probe ms)
-    cached_graph: str = "predictor"
+    cached_graph: str = "predictor"  # the policy's main cached graph
+    graphs: dict = field(default_factory=dict)  # cached steps per graph that ran them: {graph: [calls, ms]}
 
     @property
     def overhead_ms(self) -> float:
@@ -51,6 +52,7 @@ class RunStats:
             "predictor_calls": self.predictor_calls,
             "ms_per_full": ms_full,
             "ms_per_predictor": ms_pred,
+            "cached_graphs": {g: {"calls": c, "ms_per_call": ms / c} for g, (c, ms) in self.graphs.items()},
             "probe_calls": self.probe_calls,
             "ms_per_probe": self.probe_ms / self.probe_calls if self.probe_calls else None,
             "overhead_ms": self.overhead_ms,
@@ -90,6 +92,7 @@ def denoise(
             stats.probe_calls += 1
             stats.probe_ms += probe_ms
         full = policy.is_full(i, probe)
+        graph = "full" if full else policy.cached_graph_at(i)
         t0 = time.perf_counter()
         if full:
             u, cache = backend.full(x, t, r, text)
@@ -98,13 +101,14 @@ def denoise(
             u = policy.cached_velocity(backend, i, float(sig[i]), x, t, r, text, cache)
         backend.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
-        graph = "full" if full else policy.cached_graph
         if full:
             stats.full_calls += 1
             stats.full_ms += ms
         else:
             stats.predictor_calls += 1
             stats.predictor_ms += ms
+            calls, total = stats.graphs.get(graph, (0, 0.0))
+            stats.graphs[graph] = [calls + 1, total + ms]
         stats.per_step.append((i, graph, ms, probe_ms))
         if not backend.isfinite(u) or (full and not backend.isfinite(cache)):
             raise NonFiniteError(f"step {i}: the {graph} graph produced NaN or Inf")

@@ -60,6 +60,13 @@ def budget_anchors(manifest: dict, steps: int, k: int) -> tuple[list[int], str]:
     return uniform_anchors(steps, k), "uniform"
 
 
+def calibrated_reuse_gaps(manifest: dict, steps: int) -> list[int]:
+    """The gaps where DisCa reuses the cache (`DiscaPolicy.reuse_gaps`), as calibrated for this bundle at
+    `steps` steps (`disca-export schedule`, stored as `cached_steps`); none when not calibrated for it."""
+    record = manifest.get("cached_steps") or {}
+    return [int(g) for g in record.get("reuse_gaps", [])] if record.get("steps") == steps else []
+
+
 def parse_anchors(text: str) -> list[int]:
     """'0,1,2,5' -> [0, 1, 2, 5]"""
     try:
@@ -87,6 +94,10 @@ class Policy:
 
     def observe(self, backend, step: int, sigma: float, cache) -> None:
         """Called after each full step with its cache."""
+
+    def cached_graph_at(self, step: int) -> str:
+        """The graph that cached step `step` runs (for the statistics)."""
+        return self.cached_graph
 
     def cached_velocity(self, backend, step: int, sigma: float, x, t, r, text, cache):
         return backend.predict(x, t, r, text, cache)
@@ -116,9 +127,34 @@ class AnchorPolicy(Policy):
 
 
 class DiscaPolicy(AnchorPolicy):
-    """DisCa: the learned predictor forecasts the hidden state from the cache and the current input."""
+    """DisCa: the learned predictor forecasts the hidden state from the cache and the current input.
+
+    `reuse_gaps`: the gaps (steps since the last anchor) where the cache goes through the head unchanged
+    instead, because on the model's calibration runs that came closer to the true velocity than the
+    predictor did (`disca-export schedule` measures it, see `disca.calibration.gaps`). A head call is
+    cheaper than a predictor call, so the fallback never costs time.
+    """
 
     name = "disca"
+
+    def __init__(self, anchors, reuse_gaps=()):
+        super().__init__(anchors)
+        self.reuse_gaps = frozenset(int(g) for g in reuse_gaps)
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.last_anchor = 0
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        self.last_anchor = step
+
+    def cached_graph_at(self, step: int) -> str:
+        return "head" if step - self.last_anchor in self.reuse_gaps else "predictor"
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        if self.cached_graph_at(step) == "head":
+            return backend.head(x, t, r, text, cache)
+        return backend.predict(x, t, r, text, cache)
 
 
 class ReusePolicy(AnchorPolicy):
@@ -251,9 +287,9 @@ THRESHOLD_POLICIES = ("teacache", "first-block")
 SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3}  # about 7 full steps of 20 on the demo (K = 8: 8)
 
 
-def make_policy(name: str, anchors=None, threshold: float | None = None, coefficients=None) -> Policy:
-    """A policy by name: anchor policies take `anchors`, threshold policies `threshold` (TeaCache also the
-    bundle's fitted `coefficients`)."""
+def make_policy(name: str, anchors=None, threshold: float | None = None, coefficients=None, reuse_gaps=()) -> Policy:
+    """A policy by name: anchor policies take `anchors` (DisCa also `reuse_gaps`), threshold policies
+    `threshold` (TeaCache also the bundle's fitted `coefficients`)."""
     if name in THRESHOLD_POLICIES:
         threshold = SKIP_THRESHOLDS[name] if threshold is None else threshold
         return TeaCachePolicy(threshold, coefficients) if name == "teacache" else FirstBlockPolicy(threshold)
@@ -261,7 +297,7 @@ def make_policy(name: str, anchors=None, threshold: float | None = None, coeffic
     if name == "full":
         return FullPolicy()
     if name == "disca":
-        return DiscaPolicy(anchors)
+        return DiscaPolicy(anchors, reuse_gaps)
     if name == "reuse":
         return ReusePolicy(anchors)
     if name in ("taylorseer1", "taylorseer2"):

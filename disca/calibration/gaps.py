@@ -1,0 +1,71 @@
+"""Which cached steps the predictor should run, gap by gap.
+
+On a cached step `gap` steps after the last anchor, DisCa can run the predictor on the cache
+or, as reuse does, send the cache through the head unchanged. The predictor is trained on
+every gap at once, and on the shortest gaps the plain cache can be the closer of the two.
+This measures both on the model's own all-full sampling runs over the calibration set:
+for every anchor step a and later step s, both estimates of the velocity at s from the
+cache of a, against the true velocity of the full DiT at s (relative MSE, averaged over
+samples and anchor steps per gap). Where reuse comes out closer, the runtime reuses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disca.calibration.dataset import CalibrationSet
+from disca.runtime.schedule import sigmas
+
+
+def _rel_mse(est: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per sample: mean squared error / mean square of the truth."""
+    axes = tuple(range(1, true.ndim))
+    return ((est - true) ** 2).mean(axis=axes) / np.maximum((true**2).mean(axis=axes), 1e-12)
+
+
+def gap_errors(backend, cal: CalibrationSet, *, steps: int, shift: float, batch: int = 8) -> list[dict]:
+    """-> [{gap, predictor, reuse, pairs}] for gap = 1..steps-1: the mean relative velocity MSE of each
+    estimate over `pairs` (sample, anchor step) pairs."""
+    sig = sigmas(steps, shift).astype(np.float32)
+    err = {g: {"predictor": 0.0, "reuse": 0.0, "pairs": 0} for g in range(1, steps)}
+    for _, latents, texts in cal.batches(batch):
+        n = len(latents)
+        text = backend.asarray(texts)
+        times = [backend.asarray(np.full(n, s, dtype=np.float32)) for s in sig]
+        x = backend.asarray(latents)
+        xs, caches, velocities = [], [], []
+        for i in range(steps):
+            u, cache = backend.full(x, times[i], times[i + 1], text)
+            # host copies: a backend may hand back the same output buffer on every call (CUDA graphs)
+            xs.append(backend.to_numpy(x).copy())
+            caches.append(backend.to_numpy(cache).copy())
+            velocities.append(backend.to_numpy(u).copy())
+            x = x + float(sig[i + 1] - sig[i]) * u
+        for a in range(steps - 1):
+            cache = backend.asarray(caches[a])
+            for s in range(a + 1, steps):
+                args = (backend.asarray(xs[s]), times[s], times[s + 1], text, cache)
+                e = err[s - a]
+                e["predictor"] += float(_rel_mse(backend.to_numpy(backend.predict(*args)), velocities[s]).sum())
+                e["reuse"] += float(_rel_mse(backend.to_numpy(backend.head(*args)), velocities[s]).sum())
+                e["pairs"] += n
+    return [
+        {"gap": g, "predictor": e["predictor"] / e["pairs"], "reuse": e["reuse"] / e["pairs"], "pairs": e["pairs"]}
+        for g, e in err.items()
+    ]
+
+
+def cached_steps_record(errors: list[dict], *, steps: int, shift: float, samples: int) -> dict:
+    """The manifest's `cached_steps` record: the gaps where reuse is closer than the predictor, and the
+    measured errors behind the choice."""
+    reuse = [e["gap"] for e in errors if e["reuse"] < e["predictor"]]
+    rounded = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()} for e in errors]
+    return {"steps": steps, "shift": shift, "samples": samples, "reuse_gaps": reuse, "errors": rounded}
+
+
+def markdown_table(errors: list[dict]) -> str:
+    lines = ["| gap | velocity rel. MSE, predictor | velocity rel. MSE, reuse | runs |", "|---|---|---|---|"]
+    for e in errors:
+        runs = "reuse" if e["reuse"] < e["predictor"] else "predictor"
+        lines.append(f"| {e['gap']} | {e['predictor']:.5f} | {e['reuse']:.5f} | {runs} |")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""DisCa's per-gap fallback: the calibration of predictor vs reuse gap by gap, the policy that runs it,
+and the schedule CLI that stores it (tiny model, ONNX Runtime CPU and torch)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from disca.bundle import Bundle
+from disca.calibration.dataset import CalibrationSet, calibration_set
+from disca.calibration.gaps import cached_steps_record, gap_errors
+from disca.calibration.trajectories import RecordingBackend
+from disca.cli.export import main as export_cli
+from disca.cli.run import main as run_cli
+from disca.models import PredictorConfig, build, randomize_
+from disca.runtime import Pipeline
+from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+from disca.runtime.backends.torch_backend import TorchBackend
+from disca.runtime.sampler import denoise
+from disca.runtime.schedule import DiscaPolicy, FullPolicy, ReusePolicy, calibrated_reuse_gaps, sigmas
+from tests.test_cli import invoke
+
+PROMPTS = ["a red circle", "the blue square moving up"]
+
+
+def _random_set(cfg, n=3, seed=0) -> CalibrationSet:
+    rng = np.random.default_rng(seed)
+    texts = [rng.standard_normal((4, cfg.dit.text_dim)).astype(np.float32) for _ in range(n)]
+    noise = rng.standard_normal((n, cfg.dit.in_channels, 2, 8, 8)).astype(np.float32)
+    return CalibrationSet([f"p{i}" for i in range(n)], texts, noise)
+
+
+def test_disca_reuses_the_cache_on_the_calibrated_gaps(tiny_bundle):
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, 3, 2, 8, 8)).astype(np.float32)
+    text = rng.standard_normal((1, 4, 16)).astype(np.float32)
+    anchors = [0, 3]
+    with OnnxRuntimeBackend(Bundle.open(tiny_bundle)) as b:
+        run = lambda policy: denoise(b, latent, text, steps=6, shift=3.0, policy=policy)  # noqa: E731
+        pure, pure_stats = run(DiscaPolicy(anchors))
+        mixed, stats = run(DiscaPolicy(anchors, reuse_gaps=[1]))
+        every, _ = run(DiscaPolicy(anchors, reuse_gaps=[1, 2]))
+        reuse, _ = run(ReusePolicy(anchors))
+    assert [g for _, g, _, _ in stats.per_step] == ["full", "head", "predictor", "full", "head", "predictor"]
+    assert {g: c for g, (c, _) in stats.graphs.items()} == {"head": 2, "predictor": 2}
+    assert {g: c for g, (c, _) in pure_stats.graphs.items()} == {"predictor": 4}
+    np.testing.assert_array_equal(every, reuse)  # reuse on every gap is the reuse policy
+    assert not np.allclose(mixed, pure) and not np.allclose(mixed, reuse)
+
+
+def test_gap_errors_compare_both_estimates_with_the_full_dits_velocity(tiny_model):
+    cfg, dit, predictor = tiny_model
+    cal, steps, shift = _random_set(cfg), 5, 3.0
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        errors = gap_errors(backend, cal, steps=steps, shift=shift, batch=2)
+        # An independent reference for gap 1: the sampler's own all-full runs, recorded.
+        rec = RecordingBackend(backend)
+        with rec:
+            for i in range(len(cal)):
+                denoise(rec, cal.noise[i : i + 1], cal.texts[i][None], steps=steps, shift=shift, policy=FullPolicy())
+        sig = sigmas(steps, shift).astype(np.float32)
+        expected = {"predictor": [], "reuse": []}
+        for i in range(len(cal)):
+            calls = rec.calls["full"][i * steps : (i + 1) * steps]
+            outs = [backend.full(*(torch.from_numpy(c[k]) for k in ("latent", "t", "r", "text"))) for c in calls]
+            for a in range(steps - 1):
+                s = a + 1
+                args = [torch.from_numpy(calls[s][k]) for k in ("latent", "t", "r", "text")] + [outs[a][1]]
+                true = outs[s][0]
+                assert float(calls[s]["t"][0]) == pytest.approx(sig[s])
+                for name, fn in (("predictor", backend.predict), ("reuse", backend.head)):
+                    est = fn(*args)
+                    expected[name].append(float(((est - true) ** 2).mean() / (true**2).mean()))
+    assert [e["gap"] for e in errors] == [1, 2, 3, 4]
+    assert [e["pairs"] for e in errors] == [len(cal) * (steps - g) for g in range(1, steps)]
+    for name in ("predictor", "reuse"):
+        assert errors[0][name] == pytest.approx(np.mean(expected[name]), rel=1e-4)
+    assert all(np.isfinite([e["predictor"], e["reuse"]]).all() and e["reuse"] > 0 for e in errors)
+
+
+def test_an_untrained_residual_predictor_measures_as_reuse(tiny_model):
+    """The residual predictor starts as plain reuse: both estimates, and so both errors, are the same."""
+    cfg = dataclasses.replace(tiny_model[0], predictor=PredictorConfig(depth=0, residual=True))
+    dit, predictor = build(cfg)
+    randomize_(dit, 0)
+    predictor.initialize_weights()
+    with TorchBackend.from_modules(dit.eval(), predictor.eval()) as backend:
+        errors = gap_errors(backend, _random_set(cfg, n=2), steps=4, shift=3.0)
+    for e in errors:
+        assert e["predictor"] == pytest.approx(e["reuse"], rel=1e-5)
+    record = cached_steps_record(errors, steps=4, shift=3.0, samples=2)
+    assert record["steps"] == 4 and len(record["errors"]) == 3
+
+
+def test_record_reuses_where_reuse_is_closer():
+    errors = [
+        {"gap": 1, "predictor": 0.02, "reuse": 0.01, "pairs": 8},
+        {"gap": 2, "predictor": 0.01, "reuse": 0.03, "pairs": 6},
+        {"gap": 3, "predictor": 0.05, "reuse": 0.04, "pairs": 4},
+    ]
+    record = cached_steps_record(errors, steps=4, shift=3.0, samples=2)
+    assert record["reuse_gaps"] == [1, 3]
+    assert calibrated_reuse_gaps({"cached_steps": record}, 4) == [1, 3]
+    assert calibrated_reuse_gaps({"cached_steps": record}, 20) == []  # calibrated for another step count
+    assert calibrated_reuse_gaps({}, 4) == []
+
+
+def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy, prompt_file, tmp_path):
+    args = ["schedule", bundle_copy, "--steps", "4", "--prompts", prompt_file, "--samples", "2"]
+    result = invoke(export_cli, [*args, "--report", tmp_path / "rep", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    manifest = Bundle.open(bundle_copy).manifest
+    assert manifest["cached_steps"] == out["cached_steps"]
+    assert [e["gap"] for e in out["cached_steps"]["errors"]] == [1, 2, 3]
+    assert manifest["anchor_lists"]["reuse_gaps"] == manifest["cached_steps"]["reuse_gaps"]
+    assert "velocity rel. MSE, predictor" in (tmp_path / "rep" / "schedule_search.md").read_text()
+
+    # The runtime runs whatever the manifest says: here, reuse on one-step gaps.
+    manifest["cached_steps"]["reuse_gaps"] = [1]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    run = invoke(run_cli, [bundle_copy, "--prompt", "a red circle", "--steps", "4", "--schedule", "0", "--json"])
+    graphs = json.loads(run.output)["cached_graphs"]
+    assert {g: v["calls"] for g, v in graphs.items()} == {"head": 1, "predictor": 2}
+    with Pipeline.load(bundle_copy) as pipe:
+        assert pipe.generate("a red circle", steps=6, anchors=[0, 3]).stats.graphs.keys() == {"predictor"}
+
+    # --predictor-only drops the fallback
+    result = invoke(export_cli, [*args, "--predictor-only", "--report", tmp_path / "rep2", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = Bundle.open(bundle_copy).manifest
+    assert "cached_steps" not in manifest and manifest["anchor_lists"]["reuse_gaps"] == []
+    assert json.loads(result.stdout)["cached_steps"] is None
+
+
+def test_calibration_set_gap_errors_on_onnxruntime(tiny_bundle):
+    b = Bundle.open(tiny_bundle)
+    cal = calibration_set(b, PROMPTS, n=2)
+    with OnnxRuntimeBackend(b) as backend:
+        errors = gap_errors(backend, cal, steps=3, shift=3.0)
+    assert [e["pairs"] for e in errors] == [4, 2]
