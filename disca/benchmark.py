@@ -33,21 +33,30 @@ BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 
 BENCH_SEED = 1
 
 
-def _runs(backend, cal: CalibrationSet, policy_factory, steps, shift):
-    """-> (outputs (n, ...), ms per clip, passes {graph: count per clip})."""
-    outs, ms, passes = [], 0.0, {}
+def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
+    """Every policy on every clip, clip by clip: each clip runs all policies in turn, so a slow spell on
+    a shared machine costs every policy alike. -> [(outputs (n, ...), ms per clip, passes {graph: count
+    per clip})], one per factory."""
+    outs = [[] for _ in factories]
+    ms, passes = [0.0] * len(factories), [{} for _ in factories]
+    for factory in factories:  # unmeasured: the first calls of a graph pay for its setup
+        denoise(backend, cal.noise[:1], cal.texts[0][None], steps=steps, shift=shift, policy=factory())
     for i in range(len(cal)):
-        out, stats = denoise(
-            backend, cal.noise[i : i + 1], cal.texts[i][None], steps=steps, shift=shift, policy=policy_factory()
-        )
-        outs.append(out[0])
-        ms += stats.total_ms
-        passes["full"] = passes.get("full", 0) + stats.full_calls
-        for graph, (calls, _) in stats.graphs.items():
-            passes[graph] = passes.get(graph, 0) + calls
-        if stats.probe_calls:  # partial passes: embedders + block 0
-            passes["first"] = passes.get("first", 0) + stats.probe_calls
-    return np.stack(outs), ms / len(cal), {g: c / len(cal) for g, c in passes.items()}
+        for j, factory in enumerate(factories):
+            out, stats = denoise(
+                backend, cal.noise[i : i + 1], cal.texts[i][None], steps=steps, shift=shift, policy=factory()
+            )
+            outs[j].append(out[0])
+            ms[j] += stats.total_ms
+            counts = {"full": stats.full_calls, **{g: c for g, (c, _) in stats.graphs.items()}}
+            if stats.probe_calls:  # partial passes: embedders + block 0
+                counts["first"] = stats.probe_calls
+            for g, c in counts.items():
+                passes[j][g] = passes[j].get(g, 0) + c
+        if (i + 1) % 8 == 0 or i + 1 == len(cal):
+            log(f"  {i + 1}/{len(cal)} clips")
+    n = len(cal)
+    return [(np.stack(o), t / n, {g: c / n for g, c in p.items()}) for o, t, p in zip(outs, ms, passes)]
 
 
 def run_benchmark(
@@ -76,37 +85,37 @@ def run_benchmark(
     thresholds = {**BENCH_THRESHOLDS, **(thresholds or {})}
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
     reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps)  # DisCa as the runtime runs it
-    rows = []
+    runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
+        (
+            name,
+            {"anchors": k, "anchor_list": a, "anchor_source": src},
+            lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps),
+        )
+        for k in budgets
+        for a, src in [budget_anchors(bundle.manifest, steps, k)]
+        for name in policies
+        if name not in THRESHOLD_POLICIES
+    ]
+    runs += [
+        (name, {"threshold": x}, lambda name=name, x=x: make_policy(name, threshold=x, coefficients=coefficients))
+        for name in policies
+        if name in THRESHOLD_POLICIES
+        for x in thresholds[name]
+    ]
+    runs.insert(0, ("full", {"anchors": steps}, FullPolicy))
+    log(f"{len(runs)} runs (the all-full reference first) on each of {len(cal)} clips x {steps} steps")
     with get_backend(backend, bundle, **(backend_options or {})) as b:
-        log(f"all-full reference: {len(cal)} clips x {steps} steps")
-        ref, full_ms, full_passes = _runs(b, cal, FullPolicy, steps, shift)
-        rows.append({"policy": "full", "anchors": steps, "ms_per_clip": full_ms, "passes": full_passes})
-        if task:
-            rows[0]["adherence"] = adherence(ref)
-        runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
-            (
-                name,
-                {"anchors": k, "anchor_list": a, "anchor_source": src},
-                lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps),
-            )
-            for k in budgets
-            for a, src in [budget_anchors(bundle.manifest, steps, k)]
-            for name in policies
-            if name not in THRESHOLD_POLICIES
-        ]
-        runs += [
-            (name, {"threshold": x}, lambda name=name, x=x: make_policy(name, threshold=x, coefficients=coefficients))
-            for name in policies
-            if name in THRESHOLD_POLICIES
-            for x in thresholds[name]
-        ]
-        for name, setting, factory in runs:
-            outs, ms, passes = _runs(b, cal, factory, steps, shift)
-            row = {"policy": name, **setting, "ms_per_clip": ms, "passes": passes}
+        results = _run_all(b, cal, [factory for _, _, factory in runs], steps, shift, log)
+    ref, full_ms = results[0][0], results[0][1]
+    rows = []
+    for (name, setting, _), (outs, ms, passes) in zip(runs, results):
+        row = {"policy": name, **setting, "ms_per_clip": ms, "passes": passes}
+        if name != "full":
             row["psnr_db"], row["ssim"] = round(psnr(outs, ref), 3), round(ssim(outs, ref), 4)
-            if task:
-                row["adherence"] = adherence(outs)
-            rows.append(row)
+        if task:
+            row["adherence"] = adherence(outs)
+        rows.append(row)
+        if name != "full":
             label = f"K={setting['anchors']}" if "anchors" in setting else f"threshold {setting['threshold']:g}"
             log(f"  {name:12s} {label}: {full_ms / ms:4.2f}x, {passes['full']:.1f} full, {row['psnr_db']:6.2f} dB")
     for row in rows:

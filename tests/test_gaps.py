@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from disca.benchmark import run_benchmark
 from disca.bundle import Bundle
-from disca.calibration.dataset import CalibrationSet, calibration_set
+from disca.calibration.dataset import CalibrationSet, calibration_set, sample_all
 from disca.calibration.gaps import cached_steps_record, gap_errors
 from disca.calibration.trajectories import RecordingBackend
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
+from disca.metrics import psnr
 from disca.models import PredictorConfig, build, randomize_
 from disca.runtime import Pipeline
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
@@ -141,3 +143,26 @@ def test_calibration_set_gap_errors_on_onnxruntime(tiny_bundle):
     with OnnxRuntimeBackend(b) as backend:
         errors = gap_errors(backend, cal, steps=3, shift=3.0)
     assert [e["pairs"] for e in errors] == [4, 2]
+
+
+def test_bench_runs_disca_with_the_fallback_and_keeps_each_policys_clips_apart(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["cached_steps"] = {"steps": 20, "reuse_gaps": [1]}
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    b = Bundle.open(bundle_copy)
+    cal = calibration_set(b, PROMPTS, n=2)
+    report = run_benchmark(bundle_copy, cal, policies=("disca", "reuse"), budgets=(8,))
+    assert report["disca_reuse_gaps"] == [1]
+    rows = {r["policy"]: r for r in report["rows"]}
+    # default list [0, 1, 2, 5, 9, 13, 17, 19]: one step after an anchor at 3, 6, 10, 14, 18
+    assert rows["disca"]["passes"] == {"full": 8, "head": 5, "predictor": 7}
+    # the clip-by-clip bench gives each policy its own outputs: the same PSNR as runs made one policy at a time
+    with OnnxRuntimeBackend(b) as backend:
+        ref = sample_all(backend, cal, steps=20, shift=b.schedule.shift, batch=1)
+        for name, gaps in (("disca", [1]), ("reuse", None)):
+            outs = []
+            for i in range(len(cal)):
+                policy = DiscaPolicy(b.schedule.anchors, gaps) if gaps else ReusePolicy(b.schedule.anchors)
+                args = (cal.noise[i : i + 1], cal.texts[i][None])
+                outs.append(denoise(backend, *args, steps=20, shift=b.schedule.shift, policy=policy)[0][0])
+            assert rows[name]["psnr_db"] == pytest.approx(psnr(np.stack(outs), ref), abs=1e-3)
