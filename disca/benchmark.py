@@ -159,7 +159,7 @@ def markdown(report: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = ([report["teacher"]] if has_teacher else []) + report["rows"]
     for r in rows:
-        passes = ", ".join(f"{v:g} {g}" for g, v in r["passes"].items())
+        passes = ", ".join(f"{v:.3g} {g}" for g, v in r["passes"].items())
         setting = _setting(r)
         cells = [r["policy"], setting, passes, f"{r['ms_per_clip']:.0f}"]
         cells.append(f"{r['speedup_vs_full']:.2f}x" if "speedup_vs_full" in r else "")

@@ -17,9 +17,9 @@ disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajec
     --steps "${PREDICTOR_STEPS:-4000}"
 disca-export onnx --checkpoint "$runs/predictor" --out disca/demo --no-weights --overwrite
 disca-export teacache disca/demo --samples 16
-disca-export schedule disca/demo --samples 8 --report "$runs/sched-report"
+disca-export schedule disca/demo --samples 16 --report docs/schedule
 disca-export onnx --checkpoint "$runs/teacher" --out "$runs/bundle-teacher" --no-weights --overwrite
 disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite
 python scripts/eval_demo.py --bundle disca/demo --teacher "$runs/teacher" --plain-bundle "$runs/bundle-plain" \
     --n 64 --json > "$runs/eval_demo.json"
-disca-bench --samples 32 --teacher "$runs/bundle-teacher" --out docs/bench
+disca-bench --samples 64 --teacher "$runs/bundle-teacher" --out docs/bench
