@@ -84,7 +84,7 @@ def run_benchmark(
 
     thresholds = {**BENCH_THRESHOLDS, **(thresholds or {})}
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
-    reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps)  # DisCa as the runtime runs it
+    reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps, shift)  # DisCa as the runtime runs it
     runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
         (
             name,
@@ -126,6 +126,8 @@ def run_benchmark(
         teacher = Bundle.open(teacher_path)
         nulls = Pipeline(teacher, backend=None)
         with get_backend(backend, teacher, **(backend_options or {})) as b:
+            null = nulls.embed_null(cal.texts[0].shape[0])[None]  # an unmeasured warm-up run, as for the others
+            denoise_cfg(b, cal.noise[:1], cal.texts[0][None], null, steps=teacher_steps, shift=shift, guidance=guidance)
             outs, ms = [], 0.0
             for i in range(len(cal)):
                 null = nulls.embed_null(cal.texts[i].shape[0])[None]

@@ -13,6 +13,7 @@ from disca.bundle import Bundle
 from disca.calibration.dataset import CalibrationSet, calibration_set, sample_all
 from disca.calibration.gaps import cached_steps_record, gap_errors
 from disca.calibration.trajectories import RecordingBackend
+from disca.cli.export import default_graphs
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
 from disca.metrics import psnr
@@ -22,7 +23,7 @@ from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 from disca.runtime.backends.torch_backend import TorchBackend
 from disca.runtime.sampler import denoise
 from disca.runtime.schedule import DiscaPolicy, FullPolicy, ReusePolicy, calibrated_reuse_gaps, sigmas
-from tests.test_cli import invoke
+from tests.test_cli import error_line, invoke
 
 PROMPTS = ["a red circle", "the blue square moving up"]
 
@@ -63,22 +64,23 @@ def test_gap_errors_compare_both_estimates_with_the_full_dits_velocity(tiny_mode
             for i in range(len(cal)):
                 denoise(rec, cal.noise[i : i + 1], cal.texts[i][None], steps=steps, shift=shift, policy=FullPolicy())
         sig = sigmas(steps, shift).astype(np.float32)
-        expected = {"predictor": [], "reuse": []}
+        expected = {(g, name): [] for g in (1, steps - 1) for name in ("predictor", "reuse")}
         for i in range(len(cal)):
             calls = rec.calls["full"][i * steps : (i + 1) * steps]
             outs = [backend.full(*(torch.from_numpy(c[k]) for k in ("latent", "t", "r", "text"))) for c in calls]
-            for a in range(steps - 1):
-                s = a + 1
-                args = [torch.from_numpy(calls[s][k]) for k in ("latent", "t", "r", "text")] + [outs[a][1]]
-                true = outs[s][0]
-                assert float(calls[s]["t"][0]) == pytest.approx(sig[s])
-                for name, fn in (("predictor", backend.predict), ("reuse", backend.head)):
-                    est = fn(*args)
-                    expected[name].append(float(((est - true) ** 2).mean() / (true**2).mean()))
+            for g in (1, steps - 1):  # the shortest gap, every anchor; the longest, from step 0 to the last
+                for a in range(steps - g):
+                    s = a + g
+                    args = [torch.from_numpy(calls[s][k]) for k in ("latent", "t", "r", "text")] + [outs[a][1]]
+                    true = outs[s][0]
+                    assert float(calls[s]["t"][0]) == pytest.approx(sig[s])
+                    for name, fn in (("predictor", backend.predict), ("reuse", backend.head)):
+                        est = fn(*args)
+                        expected[g, name].append(float(((est - true) ** 2).mean() / (true**2).mean()))
     assert [e["gap"] for e in errors] == [1, 2, 3, 4]
     assert [e["pairs"] for e in errors] == [len(cal) * (steps - g) for g in range(1, steps)]
-    for name in ("predictor", "reuse"):
-        assert errors[0][name] == pytest.approx(np.mean(expected[name]), rel=1e-4)
+    for (g, name), values in expected.items():
+        assert errors[g - 1][name] == pytest.approx(np.mean(values), rel=1e-4)
     assert all(np.isfinite([e["predictor"], e["reuse"]]).all() and e["reuse"] > 0 for e in errors)
 
 
@@ -106,6 +108,8 @@ def test_record_reuses_where_reuse_is_closer():
     assert record["reuse_gaps"] == [1, 3]
     assert calibrated_reuse_gaps({"cached_steps": record}, 4) == [1, 3]
     assert calibrated_reuse_gaps({"cached_steps": record}, 20) == []  # calibrated for another step count
+    assert calibrated_reuse_gaps({"cached_steps": record}, 4, 3.0) == [1, 3]
+    assert calibrated_reuse_gaps({"cached_steps": record}, 4, 5.0) == []  # ... or another shift
     assert calibrated_reuse_gaps({}, 4) == []
 
 
@@ -124,6 +128,7 @@ def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy,
     manifest["cached_steps"]["reuse_gaps"] = [1]
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     run = invoke(run_cli, [bundle_copy, "--prompt", "a red circle", "--steps", "4", "--schedule", "0", "--json"])
+    assert run.exit_code == 0, run.output
     graphs = json.loads(run.output)["cached_graphs"]
     assert {g: v["calls"] for g, v in graphs.items()} == {"head": 1, "predictor": 2}
     with Pipeline.load(bundle_copy) as pipe:
@@ -166,3 +171,21 @@ def test_bench_runs_disca_with_the_fallback_and_keeps_each_policys_clips_apart(b
                 args = (cal.noise[i : i + 1], cal.texts[i][None])
                 outs.append(denoise(backend, *args, steps=20, shift=b.schedule.shift, policy=policy)[0][0])
             assert rows[name]["psnr_db"] == pytest.approx(psnr(np.stack(outs), ref), abs=1e-3)
+
+
+def test_schedule_cli_needs_the_head_graph_unless_predictor_only(bundle_copy, prompt_file, tmp_path):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    del m["graphs"]["head"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    args = ["schedule", bundle_copy, "--steps", "3", "--prompts", prompt_file, "--samples", "1"]
+    line = error_line(invoke(export_cli, [*args, "--report", tmp_path / "rep"]))
+    assert "has no head graph" in line and "--predictor-only" in line
+    assert "cached_steps" not in json.loads((bundle_copy / "manifest.json").read_text())
+    assert invoke(export_cli, [*args, "--predictor-only", "--report", tmp_path / "rep"]).exit_code == 0
+    assert "is not in the range" in error_line(invoke(export_cli, [*args[:4], "--samples", "0"]))
+
+
+def test_tensorrt_build_adds_the_head_engine_when_disca_reuses():
+    assert default_graphs({"cached_steps": {"steps": 20, "reuse_gaps": [1]}}) == ["full", "predictor", "head"]
+    assert default_graphs({"cached_steps": {"steps": 20, "reuse_gaps": []}}) == ["full", "predictor"]
+    assert default_graphs({}) == ["full", "predictor"]

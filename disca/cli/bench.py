@@ -17,7 +17,7 @@ from disca.cli._common import clean_errors
 @click.option("--anchors", "budgets", default="14,12,10,8,6,5,4,3", show_default=True, help="Anchor budgets K to run.")
 @click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.2,0.5,1,2).")
 @click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.2,0.3,0.5,0.8).")
-@click.option("--samples", default=16, show_default=True, help="Prompt x seed clips per run.")
+@click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompt x seed clips per run.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")
 @click.option("--teacher-steps", default=50, show_default=True)

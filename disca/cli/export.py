@@ -170,12 +170,22 @@ def onnx_cmd(
     console.print(f"[green]wrote bundle {out}[/green] ({note})")
 
 
+def default_graphs(manifest: dict) -> list[str]:
+    """The engines DisCa runs on this bundle: the head too where it reuses the cache on some gaps."""
+    reuse = (manifest.get("cached_steps") or {}).get("reuse_gaps")
+    return ["full", "predictor", "head"] if reuse else ["full", "predictor"]
+
+
 @main.command("build")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option(
     "--precision", type=click.Choice(["fp16", "fp8"]), required=True, help="Engine precision (its ONNX variant)."
 )
-@click.option("--graphs", default="full,predictor", show_default=True, help="Which graphs to build, comma-separated.")
+@click.option(
+    "--graphs",
+    help="Which graphs to build, comma-separated (default: full,predictor, and head when the bundle's DisCa "
+    "reuses the cache on some gaps).",
+)
 @click.option("--static", is_flag=True, help="Fixed shape (the ranges' opt): needed for CUDA graphs at run time.")
 @click.option(
     "--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="Builder optimization level."
@@ -195,7 +205,8 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     """
     from disca.exporter.tensorrt_build import build_engines
 
-    names = [g.strip() for g in graphs.split(",") if g.strip()]
+    names = default_graphs(Bundle.open(bundle).manifest) if graphs is None else graphs.split(",")
+    names = [g.strip() for g in names if g.strip()]
     for g in names:
         if g not in ("full", "predictor", "head", "first"):
             raise click.BadParameter(
@@ -224,7 +235,9 @@ def _calibration_set(bundle, prompts, samples, seed=0):
 @main.command("calibrate")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
-@click.option("--samples", default=16, show_default=True, help="Sampling runs (prompt x seed) to record.")
+@click.option(
+    "--samples", default=16, show_default=True, type=click.IntRange(1), help="Sampling runs (prompt x seed) to record."
+)
 @click.option(
     "--min-cosine",
     default=0.9995,
@@ -246,6 +259,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.calibration.fp8 import calibrate_fp8
     from disca.metrics import psnr
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from disca.runtime.schedule import calibrated_reuse_gaps
 
     b = Bundle.open(bundle)
     cal = _calibration_set(b, prompts, samples)
@@ -256,9 +270,12 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     )
     b = Bundle.open(bundle)
     sched, outs = b.schedule, {}
+    gaps = calibrated_reuse_gaps(b.manifest, sched.steps, sched.shift)  # DisCa as it runs
     for p in ("fp32", "fp8"):
         with OnnxRuntimeBackend(b, precision=p) as backend:
-            outs[p] = sample_all(backend, cal, steps=sched.steps, shift=sched.shift, anchors=sched.anchors)
+            outs[p] = sample_all(
+                backend, cal, steps=sched.steps, shift=sched.shift, anchors=sched.anchors, reuse_gaps=gaps
+            )
     e2e = {"samples": len(cal), "psnr_db_fp8_vs_fp32": round(psnr(outs["fp8"], outs["fp32"]), 3)}
     if uses_task_vocabulary(b):
         from disca.task import score
@@ -293,7 +310,13 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
 @main.command("teacache")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line.")
-@click.option("--samples", default=16, show_default=True, help="All-full sampling runs (prompt x seed) to fit on.")
+@click.option(
+    "--samples",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1),
+    help="All-full sampling runs (prompt x seed) to fit on.",
+)
 @click.option("--degree", default=4, show_default=True, type=click.IntRange(1, 8), help="Polynomial degree.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
@@ -324,7 +347,9 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
 @click.option("--anchors", "k", type=int, help="Also make the searched list of K anchors the default schedule.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
-@click.option("--samples", default=8, show_default=True, help="Prompt x seed samples per evaluated run.")
+@click.option(
+    "--samples", default=8, show_default=True, type=click.IntRange(1), help="Prompt x seed samples per evaluated run."
+)
 @click.option(
     "--predictor-only",
     is_flag=True,
@@ -356,6 +381,11 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
         raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")
+    if not predictor_only and "head" not in b.manifest["graphs"]:
+        raise click.UsageError(
+            f"bundle {b.path} has no head graph, which the predictor-or-reuse choice needs: re-export it with "
+            "this disca version, or pass --predictor-only"
+        )
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
     adherence = None
@@ -426,7 +456,13 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", "backends", default="onnxruntime", show_default=True, help="Backends, comma-separated.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts for the end-to-end check, one per line.")
-@click.option("--samples", default=8, show_default=True, help="Prompt x seed samples of the end-to-end check.")
+@click.option(
+    "--samples",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Prompt x seed samples of the end-to-end check.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
 def validate_cmd(bundle, backends, prompts, samples, as_json):

@@ -95,7 +95,9 @@ class Pipeline:
             return budget_anchors(self.bundle.manifest, steps, int(anchors))[0]
         return anchors
 
-    def _policy(self, steps: int, anchors, policy: str = "disca", threshold: float | None = None) -> Policy:
+    def _policy(
+        self, steps: int, shift: float, anchors, policy: str = "disca", threshold: float | None = None
+    ) -> Policy:
         if anchors == "full":
             return FullPolicy()
         if policy in THRESHOLD_POLICIES:
@@ -109,7 +111,7 @@ class Pipeline:
                     f"not {steps}: pass a schedule for {steps} steps"
                 )
             anchors = default.anchors
-        reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps)
+        reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps, shift)
         return make_policy(policy, check_anchors(anchors, steps), reuse_gaps=reuse_gaps)
 
     def denoise(
@@ -135,7 +137,7 @@ class Pipeline:
         """
         steps = steps or self.bundle.schedule.steps
         shift = shift or self.bundle.schedule.shift
-        chosen = self._policy(steps, self._anchors(steps, anchors), policy, threshold)
+        chosen = self._policy(steps, shift, self._anchors(steps, anchors), policy, threshold)
         latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
         self._check_shapes(latent, text)
         return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)

@@ -60,11 +60,13 @@ def budget_anchors(manifest: dict, steps: int, k: int) -> tuple[list[int], str]:
     return uniform_anchors(steps, k), "uniform"
 
 
-def calibrated_reuse_gaps(manifest: dict, steps: int) -> list[int]:
+def calibrated_reuse_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
     """The gaps where DisCa reuses the cache (`DiscaPolicy.reuse_gaps`), as calibrated for this bundle at
-    `steps` steps (`disca-export schedule`, stored as `cached_steps`); none when not calibrated for it."""
+    `steps` steps and `shift` (`disca-export schedule`, stored as `cached_steps`); none when calibrated for
+    another sampling grid (a gap is a different stretch of noise levels there), or not at all."""
     record = manifest.get("cached_steps") or {}
-    return [int(g) for g in record.get("reuse_gaps", [])] if record.get("steps") == steps else []
+    same_grid = record.get("steps") == steps and (shift is None or record.get("shift") in (None, shift))
+    return [int(g) for g in record.get("reuse_gaps", [])] if same_grid else []
 
 
 def parse_anchors(text: str) -> list[int]:

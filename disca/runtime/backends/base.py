@@ -17,6 +17,9 @@ import numpy as np
 
 from disca.errors import DiscaError
 
+# Who runs the optional head graph: named in the error when a bundle lacks it.
+HEAD_USERS = "DisCa on its calibrated reuse gaps, reuse / taylorseer / teacache / first-block"
+
 
 class Backend:
     name = "base"

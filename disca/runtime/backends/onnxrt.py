@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from disca.errors import BackendUnavailable, DiscaError
-from disca.runtime.backends.base import Backend
+from disca.runtime.backends.base import HEAD_USERS, Backend
 
 # Where each execution provider keeps its tensors (for I/O binding).
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -104,7 +104,7 @@ class OnnxRuntimeBackend(Backend):
             )
 
     def _head_impl(self, latent, t, r, text, hidden):
-        self._optional("head", "reuse / taylorseer / teacache / first-block")
+        self._optional("head", HEAD_USERS)
         (velocity,) = self._run("head", {"latent": latent, "t": t, "r": r, "text": text}, cache=hidden)
         return velocity.numpy()
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from disca.engines import check_engine, engine_key, engine_record, environment, graph_digest, plan_path
 from disca.errors import BackendUnavailable, BundleError, DiscaError, EngineMismatch
-from disca.runtime.backends.base import Backend
+from disca.runtime.backends.base import HEAD_USERS, Backend
 
 GRAPHS = ("full", "predictor")
-OPTIONAL = ("head", "first")  # the training-free baselines' graphs: loaded when their engines were built
+OPTIONAL = ("head", "first")  # loaded when their engines were built (DisCa's reuse gaps, the training-free caches)
 
 
 class TensorRTBackend(Backend):
@@ -149,20 +149,19 @@ class TensorRTBackend(Backend):
     def _predict_impl(self, latent, t, r, text, cache):
         return self._run("predictor", {"latent": latent, "t": t, "r": r, "text": text, "hidden": cache})["velocity"]
 
-    def _optional(self, graph: str) -> None:
+    def _optional(self, graph: str, needed_by: str) -> None:
         if graph not in self.engines:
             raise BundleError(
-                f"bundle {self.bundle.path} has no {self.precision} engine for the {graph} graph (the training-free "
-                f"baselines need it): `disca-export build {self.bundle.path} --precision {self.precision} "
-                f"--graphs {graph}`"
+                f"bundle {self.bundle.path} has no {self.precision} engine for the {graph} graph ({needed_by} need "
+                f"it): `disca-export build {self.bundle.path} --precision {self.precision} --graphs {graph}`"
             )
 
     def _head_impl(self, latent, t, r, text, hidden):
-        self._optional("head")
+        self._optional("head", HEAD_USERS)
         return self._run("head", {"latent": latent, "t": t, "r": r, "text": text, "hidden": hidden})["velocity"]
 
     def _first_impl(self, latent, t, r, text):
-        self._optional("first")
+        self._optional("first", "teacache / first-block")
         out = self._run("first", {"latent": latent, "t": t, "r": r, "text": text})
         return out["tokens"], out["modulated"], out["first"]
 
