@@ -25,7 +25,7 @@ from disca.runtime.schedule import (
     make_policy,
 )
 
-DEFAULT_POLICIES = ("disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
+DEFAULT_POLICIES = ("disca", "disca-predictor", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
 BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
 # The bench's prompt x seed set is drawn apart from the calibration set (seed 0), on which the TeaCache

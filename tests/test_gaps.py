@@ -131,6 +131,10 @@ def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy,
     assert run.exit_code == 0, run.output
     graphs = json.loads(run.output)["cached_graphs"]
     assert {g: v["calls"] for g, v in graphs.items()} == {"head": 1, "predictor": 2}
+    # the paper's DisCa, the predictor on every cached step, stays one option away
+    args_pure = [bundle_copy, "--prompt", "a red circle", "--steps", "4", "--schedule", "0", "--json"]
+    pure = json.loads(invoke(run_cli, [*args_pure, "--policy", "disca-predictor"]).output)
+    assert pure["policy"] == "disca-predictor" and pure["cached_graphs"]["predictor"]["calls"] == 3
     with Pipeline.load(bundle_copy) as pipe:
         assert pipe.generate("a red circle", steps=6, anchors=[0, 3]).stats.graphs.keys() == {"predictor"}
 

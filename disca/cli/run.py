@@ -17,7 +17,7 @@ from rich.table import Table
 from disca.cli._common import clean_errors
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
-from disca.runtime.schedule import parse_anchors
+from disca.runtime.schedule import POLICIES, parse_anchors
 from disca.runtime.video import check_path, write
 
 
@@ -36,10 +36,11 @@ from disca.runtime.video import check_path, write
 )
 @click.option(
     "--policy",
-    type=click.Choice(["disca", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block"]),
+    type=click.Choice([p for p in POLICIES if p != "full"]),
     default="disca",
     show_default=True,
-    help="What non-anchor steps run: the learned predictor, or a training-free baseline.",
+    help="What non-anchor steps run: the learned predictor (disca: with the bundle's calibrated reuse on short "
+    "gaps; disca-predictor: on every cached step), or a training-free baseline.",
 )
 @click.option(
     "--threshold",

@@ -130,10 +130,11 @@ class Pipeline:
 
         anchors: list of anchor steps, an int K for the bundle's searched list of K anchors (`disca-export
         schedule`; else the official or a uniform list), "full" for every step full, None for the default.
-        policy: what the non-anchor steps run: "disca" (the learned predictor) or a training-free
-        baseline: "reuse", "taylorseer1" / "taylorseer2" (on the anchors), or "teacache" /
-        "first-block", which pick their full steps themselves, skipping while a change measure stays
-        under `threshold` (None: the policy's default).
+        policy: what the non-anchor steps run: "disca" (the learned predictor, and the cache through the
+        head on the gaps where `disca-export schedule` found that closer), "disca-predictor" (the
+        predictor on every cached step), or a training-free baseline: "reuse", "taylorseer1" /
+        "taylorseer2" (on the anchors), or "teacache" / "first-block", which pick their full steps
+        themselves, skipping while a change measure stays under `threshold` (None: the policy's default).
         """
         steps = steps or self.bundle.schedule.steps
         shift = shift or self.bundle.schedule.shift

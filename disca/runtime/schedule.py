@@ -284,7 +284,7 @@ class FirstBlockPolicy(ThresholdPolicy):
         return full
 
 
-POLICIES = ("disca", "full", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
+POLICIES = ("disca", "disca-predictor", "full", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
 THRESHOLD_POLICIES = ("teacache", "first-block")
 SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3}  # about 7 full steps of 20 on the demo (K = 8: 8)
 
@@ -300,6 +300,10 @@ def make_policy(name: str, anchors=None, threshold: float | None = None, coeffic
         return FullPolicy()
     if name == "disca":
         return DiscaPolicy(anchors, reuse_gaps)
+    if name == "disca-predictor":  # the paper's DisCa: the predictor on every cached step, no calibrated reuse
+        policy = DiscaPolicy(anchors)
+        policy.name = name
+        return policy
     if name == "reuse":
         return ReusePolicy(anchors)
     if name in ("taylorseer1", "taylorseer2"):
