@@ -207,7 +207,8 @@ def plot(report: dict, path) -> None:
     for ax in axes[0]:
         ax.set_xlabel("speedup over all-full sampling (measured)")
         ax.grid(alpha=0.3)
-        ax.legend()
+    # One legend on the right, off the curves (the last axes has every label: policies and references).
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     fig.suptitle(f"{report['samples']} clips, {report['steps']} steps, {report['backend']}")
     fig.tight_layout()
     fig.savefig(path)
