@@ -36,15 +36,14 @@ def gap_errors(backend, cal: CalibrationSet, *, steps: int, shift: float, batch:
         xs, caches, velocities = [], [], []
         for i in range(steps):
             u, cache = backend.full(x, times[i], times[i + 1], text)
-            # host copies: a backend may hand back the same output buffer on every call (CUDA graphs)
-            xs.append(backend.to_numpy(x).copy())
-            caches.append(backend.to_numpy(cache).copy())
+            xs.append(x)  # a new array each step; the outputs get host copies: a backend may hand back
+            caches.append(backend.to_numpy(cache).copy())  # the same buffer on every call (CUDA graphs)
             velocities.append(backend.to_numpy(u).copy())
             x = x + float(sig[i + 1] - sig[i]) * u
         for a in range(steps - 1):
             cache = backend.asarray(caches[a])
             for s in range(a + 1, steps):
-                args = (backend.asarray(xs[s]), times[s], times[s + 1], text, cache)
+                args = (xs[s], times[s], times[s + 1], text, cache)
                 e = err[s - a]
                 e["predictor"] += float(_rel_mse(backend.to_numpy(backend.predict(*args)), velocities[s]).sum())
                 e["reuse"] += float(_rel_mse(backend.to_numpy(backend.head(*args)), velocities[s]).sum())

@@ -226,6 +226,11 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
         console.print(f"[green]built {r['file']}[/green] (TensorRT {r['tensorrt']}, {r['gpu']})")
 
 
+def samples_option(default: int, help: str):
+    """--samples of the commands that sample a calibration set: at least one."""
+    return click.option("--samples", default=default, show_default=True, type=click.IntRange(1), help=help)
+
+
 def _calibration_set(bundle, prompts, samples, seed=0):
     from disca.calibration.dataset import calibration_set, read_prompts
 
@@ -235,9 +240,7 @@ def _calibration_set(bundle, prompts, samples, seed=0):
 @main.command("calibrate")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
-@click.option(
-    "--samples", default=16, show_default=True, type=click.IntRange(1), help="Sampling runs (prompt x seed) to record."
-)
+@samples_option(16, "Sampling runs (prompt x seed) to record.")
 @click.option(
     "--min-cosine",
     default=0.9995,
@@ -310,13 +313,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
 @main.command("teacache")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line.")
-@click.option(
-    "--samples",
-    default=16,
-    show_default=True,
-    type=click.IntRange(1),
-    help="All-full sampling runs (prompt x seed) to fit on.",
-)
+@samples_option(16, "All-full sampling runs (prompt x seed) to fit on.")
 @click.option("--degree", default=4, show_default=True, type=click.IntRange(1, 8), help="Polynomial degree.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
@@ -347,9 +344,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
 @click.option("--anchors", "k", type=int, help="Also make the searched list of K anchors the default schedule.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
-@click.option(
-    "--samples", default=8, show_default=True, type=click.IntRange(1), help="Prompt x seed samples per evaluated run."
-)
+@samples_option(8, "Prompt x seed samples per evaluated run.")
 @click.option(
     "--predictor-only",
     is_flag=True,
@@ -456,13 +451,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", "backends", default="onnxruntime", show_default=True, help="Backends, comma-separated.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts for the end-to-end check, one per line.")
-@click.option(
-    "--samples",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Prompt x seed samples of the end-to-end check.",
-)
+@samples_option(8, "Prompt x seed samples of the end-to-end check.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
 def validate_cmd(bundle, backends, prompts, samples, as_json):

@@ -25,15 +25,23 @@ class RunStats:
     policy: str
     steps: int
     full_calls: int = 0
-    predictor_calls: int = 0  # cached steps, whichever graph ran them (`graphs` splits them)
     full_ms: float = 0.0  # time inside full-graph calls, summed
-    predictor_ms: float = 0.0  # time inside cached-step calls, summed
     probe_calls: int = 0  # partial passes of the threshold caches (the `first` graph: embedders + block 0)
     probe_ms: float = 0.0
     total_ms: float = 0.0  # the whole loop
     per_step: list = field(default_factory=list)  # (step, "full" | "predictor" | "head", ms, probe ms)
     cached_graph: str = "predictor"  # the policy's main cached graph
     graphs: dict = field(default_factory=dict)  # cached steps per graph that ran them: {graph: [calls, ms]}
+
+    @property
+    def predictor_calls(self) -> int:
+        """Cached steps, whichever graph ran them."""
+        return sum(calls for calls, _ in self.graphs.values())
+
+    @property
+    def predictor_ms(self) -> float:
+        """Time inside cached-step calls, summed."""
+        return sum(ms for _, ms in self.graphs.values())
 
     @property
     def overhead_ms(self) -> float:
@@ -105,8 +113,6 @@ def denoise(
             stats.full_calls += 1
             stats.full_ms += ms
         else:
-            stats.predictor_calls += 1
-            stats.predictor_ms += ms
             calls, total = stats.graphs.get(graph, (0, 0.0))
             stats.graphs[graph] = [calls + 1, total + ms]
         stats.per_step.append((i, graph, ms, probe_ms))

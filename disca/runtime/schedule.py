@@ -159,6 +159,15 @@ class DiscaPolicy(AnchorPolicy):
         return backend.predict(x, t, r, text, cache)
 
 
+class DiscaPredictorPolicy(DiscaPolicy):
+    """The paper's DisCa: the predictor on every cached step, whatever the bundle calibrated."""
+
+    name = "disca-predictor"
+
+    def __init__(self, anchors):
+        super().__init__(anchors)
+
+
 class ReusePolicy(AnchorPolicy):
     """FORA-style: the last anchor's hidden state, unchanged, through the DiT's head (the degenerate predictor)."""
 
@@ -300,10 +309,8 @@ def make_policy(name: str, anchors=None, threshold: float | None = None, coeffic
         return FullPolicy()
     if name == "disca":
         return DiscaPolicy(anchors, reuse_gaps)
-    if name == "disca-predictor":  # the paper's DisCa: the predictor on every cached step, no calibrated reuse
-        policy = DiscaPolicy(anchors)
-        policy.name = name
-        return policy
+    if name == "disca-predictor":
+        return DiscaPredictorPolicy(anchors)
     if name == "reuse":
         return ReusePolicy(anchors)
     if name in ("taylorseer1", "taylorseer2"):
