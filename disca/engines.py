@@ -56,7 +56,10 @@ def environment(device="cuda") -> dict:
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
-    """A version string as numbers: "10.15.1.29" -> (10, 15, 1, 29); stops at the first part that is not a number ("11.0.0rc1" -> (11, 0))."""
+    """A version string as numbers: "10.15.1.29" -> (10, 15, 1, 29).
+
+    Stops at the first part that is not a number: "11.0.0rc1" -> (11, 0).
+    """
     parts = []
     for part in version.split("."):
         if not part.isdigit():

@@ -199,7 +199,9 @@ def test_build_writes_every_engine_and_leaves_no_lock_files(machine, bundle_copy
     # `.lock` or temporary file left in the bundle.
     cache = "engines/timing.trt10.15.1.29.sm90.cache"
     files = _bundle_files(bundle_copy)
-    assert [f for f in files if f.startswith("engines/")] == sorted([cache, "engines/full.fp16.plan", "engines/predictor.fp16.plan"])
+    assert [f for f in files if f.startswith("engines/")] == sorted(
+        [cache, "engines/full.fp16.plan", "engines/predictor.fp16.plan"]
+    )
     assert not [f for f in files if f.endswith((".lock", ".tmp"))]
     b = Bundle.open(bundle_copy, verify=True)
     assert cache in b.manifest["files"]
@@ -383,7 +385,9 @@ def test_node_level_cpu_fallback_is_seen(tiny_bundle):
         assert set(backend.placement["full"]) == {"CPUExecutionProvider"}
         assert backend.placement["full"]["CPUExecutionProvider"]["MatMul"] > 0
     # Behind a GPU provider: shape computations on the CPU are ORT's design, matrix products are not.
-    check_placement({"CUDAExecutionProvider": {"MatMul": 8}, "CPUExecutionProvider": {"Shape": 4}}, "CUDAExecutionProvider", "full")
+    check_placement(
+        {"CUDAExecutionProvider": {"MatMul": 8}, "CPUExecutionProvider": {"Shape": 4}}, "CUDAExecutionProvider", "full"
+    )
     with pytest.raises(BackendUnavailable, match=r"put 2 MatMul node\(s\) of the full graph on the CPU behind CUDA"):
         check_placement({"CUDAExecutionProvider": {"MatMul": 6}, "CPUExecutionProvider": {"MatMul": 2, "Shape": 1}},
                         "CUDAExecutionProvider", "full")  # fmt: skip
