@@ -35,13 +35,20 @@ HEAVY_OPS = {
 INSTALL_HINT = "pip install 'disca[cpu]' (or 'disca[gpu]' on a machine with an NVIDIA GPU, never both)"
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def check_one_onnxruntime(installed=None) -> None:
     """onnxruntime and onnxruntime-gpu install into the same `onnxruntime` package: with both, whichever was
     installed last wins, and the CUDA provider can vanish. `installed`: distribution names (default: this env's)."""
     if installed is None:
-        installed = {d.metadata["Name"].lower() for d in metadata.distributions() if d.metadata["Name"]}
-    both = sorted(n for n in installed if n in ("onnxruntime", "onnxruntime-gpu"))
-    if len(both) == 2:
+        installed = {n for n in ("onnxruntime", "onnxruntime-gpu") if _installed(n)}
+    if {"onnxruntime", "onnxruntime-gpu"} <= set(installed):
         raise BackendUnavailable(
             "onnxruntime and onnxruntime-gpu are both installed and overwrite each other: "
             "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'disca[cpu]' or 'disca[gpu]'"
