@@ -112,8 +112,8 @@ def check_placement(placed: dict, requested: str, graph: str) -> None:
     if heavy:
         ops = ", ".join(f"{n} {op}" for op, n in sorted(heavy.items()))
         raise BackendUnavailable(
-            f"ONNX Runtime put {ops} node(s) of the {graph} graph on the CPU behind {requested} (no kernel for "
-            "them there): use --backend tensorrt, the fp32 variant, or --providers cpu"
+            f"ONNX Runtime put {ops} node(s) of the {graph} graph on the CPU behind {requested} (the provider has no "
+            "kernel for them): use --backend tensorrt, the fp32 variant, or --providers cpu"
         )
 
 
@@ -170,7 +170,13 @@ class OnnxRuntimeBackend(Backend):
             opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         self.sessions = {}
         if "TensorrtExecutionProvider" in self.providers:
-            (self.bundle.path / ORT_TRT_CACHE).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.bundle.path / ORT_TRT_CACHE).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BackendUnavailable(
+                    f"the TensorRT provider keeps its engines in the bundle, and {self.bundle.path} is not writable "
+                    f"({e.strerror}): copy the bundle somewhere writable"
+                ) from None
         # The head and probe graphs (training-free baselines only) are optional: older bundles, adapted models,
         # or a precision without them.
         manifest = self.bundle.manifest["graphs"]
