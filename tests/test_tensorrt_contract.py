@@ -308,6 +308,9 @@ def test_weight_streaming_engines_get_a_budget():
     assert set_weight_budget(engine, streaming, 250) == 250 and engine.budgets == [600, 250]
     with pytest.raises(DiscaError, match=r"budget 5000 bytes is outside 0..1000"):
         set_weight_budget(engine, streaming, 5000)
+    nothing = Engine()
+    nothing.streamable_weights_size = 0  # TensorRT found nothing worth streaming
+    assert set_weight_budget(nothing, streaming, None) == 0 and nothing.budgets == []
     plain = {"file": "engines/full.fp16.plan", "weight_streaming": False}
     assert set_weight_budget(Engine(), plain, None) is None
     with pytest.raises(BackendUnavailable, match="built without weight streaming: rebuild it"):

@@ -51,6 +51,8 @@ def set_weight_budget(engine, record: dict, budget: int | None) -> int | None:
             )
         return None
     total = engine.streamable_weights_size
+    if total == 0:  # TensorRT found nothing to stream (small weights stay resident): no budget to set
+        return 0
     if budget is None:
         budget = engine.get_weight_streaming_automatic_budget()
     if not 0 <= budget <= total:
