@@ -70,8 +70,17 @@ def _lock(path):  # polygraphy.util.LockFile on a path: creates `<path>.lock`, n
         open(path + ".lock", "wb").close()
 
 
+def _file_like(obj):  # polygraphy.util.is_file_like
+    return hasattr(obj, "read") and hasattr(obj, "write")
+
+
+def _check_mode(file_like, mode):  # polygraphy.util.warn_if_wrong_mode reads `file_like.mode` (BytesIO has none)
+    assert ("b" in file_like.mode) == ("b" in mode)
+
+
 def _load(src):  # polygraphy.util.load_file
-    if hasattr(src, "read") and hasattr(src, "write"):
+    if _file_like(src):
+        _check_mode(src, "rb")
         src.seek(0)
         return src.read()
     _lock(src)
@@ -120,6 +129,7 @@ class Polygraphy:
                 with open(save_timing_cache, "wb") as f:
                     f.write(b"cache:" + b",".join(n.encode() for n in self.built))
             else:
+                _check_mode(save_timing_cache, "wb")
                 save_timing_cache.write(b"cache:" + b",".join(n.encode() for n in self.built))
                 save_timing_cache.flush()
                 os.fsync(save_timing_cache.fileno())

@@ -10,7 +10,7 @@ are checked against stand-ins with TensorRT's documented interface (tests/test_t
 
 from __future__ import annotations
 
-import io
+import contextlib
 import tempfile
 import time
 
@@ -108,27 +108,29 @@ def build_engines(
         profile = Profile()
         for name, (lo, opt, hi) in shapes.items():
             profile.add(name, lo, opt, hi)
-        # The timing cache goes through file objects: given a path, Polygraphy locks it with a `<path>.lock`
-        # file that it never deletes, which would be left in the bundle.
-        config = CreateConfig(
-            profiles=[profile],
-            load_timing_cache=io.BytesIO(cache.read_bytes()) if cache.exists() else None,
-            builder_optimization_level=optimization_level,
-            weight_streaming=weight_streaming or None,
-            progress_monitor=_progress_monitor(log),
-        )
-        log(f"building the {graph} engine ({precision}, optimization level {optimization_level})...")
-        t0 = time.perf_counter()
-        try:
-            network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
-        except failures as e:
-            raise EngineBuildError(
-                f"TensorRT {env['tensorrt']} could not parse {onnx_path.name} ({_last_line(e)}; the parser's "
-                "messages are above): re-export the bundle with `disca-export onnx ... --opset 20` (no Attention / "
-                "RMSNormalization nodes)"
-            ) from None
-        # Polygraphy fsyncs the timing cache it saves: a real (temporary) file, not a BytesIO.
-        with tempfile.TemporaryFile() as new_cache:
+        # The timing caches go through open binary files: given a path, Polygraphy locks it with a `<path>.lock`
+        # file that it never deletes (it would be left in the bundle), and it reads a file object's `mode` and
+        # fsyncs what it saves (so no BytesIO).
+        with contextlib.ExitStack() as files:
+            old_cache = files.enter_context(open(cache, "rb")) if cache.exists() else None
+            new_cache = files.enter_context(tempfile.TemporaryFile())
+            config = CreateConfig(
+                profiles=[profile],
+                load_timing_cache=old_cache,
+                builder_optimization_level=optimization_level,
+                weight_streaming=weight_streaming or None,
+                progress_monitor=_progress_monitor(log),
+            )
+            log(f"building the {graph} engine ({precision}, optimization level {optimization_level})...")
+            t0 = time.perf_counter()
+            try:
+                network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+            except failures as e:
+                raise EngineBuildError(
+                    f"TensorRT {env['tensorrt']} could not parse {onnx_path.name} ({_last_line(e)}; the parser's "
+                    "messages are above): re-export the bundle with `disca-export onnx ... --opset 20` (no "
+                    "Attention / RMSNormalization nodes)"
+                ) from None
             try:
                 plan = engine_bytes_from_network(network, config, save_timing_cache=new_cache)
             except failures as e:

@@ -167,6 +167,8 @@ class TensorRTBackend(Backend):
         return inputs, outputs
 
     def _deactivate_impl(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()  # queued launches still use the workspace and the bound buffers
         self.captured = {}
         self.contexts = self.engines = {}
         self.workspace = self.stream = None
