@@ -22,11 +22,16 @@ from disca.spec import DIMS, GraphSpec, resolve
 
 ENGINE_DIR = "engines"
 FP8_MIN_CC = (8, 9)  # FP8 tensor cores: Ada, Hopper, Blackwell
-BUILD_HINT = "pip install 'disca[tensorrt]' on a machine with an NVIDIA GPU"
+BUILD_HINT = "pip install 'disca[gpu,torch,tensorrt]' on a machine with an NVIDIA GPU"
+# The ONNX parser reads opset 23's Attention from TensorRT 10.14 and its RMSNormalization from 10.15.
+MIN_TENSORRT_OPSET23 = (10, 15)
 
 
-def environment() -> dict:
-    """This machine's TensorRT version, GPU name and compute capability (needs tensorrt and a CUDA torch)."""
+def environment(device="cuda") -> dict:
+    """TensorRT version, name and compute capability of `device` ("cuda": the current one; "cuda:1", ...).
+
+    Needs tensorrt and a CUDA torch.
+    """
     try:
         import tensorrt as trt
     except ImportError:
@@ -37,8 +42,48 @@ def environment() -> dict:
         raise BackendUnavailable("TensorRT engines need PyTorch with CUDA: pip install 'disca[torch]'") from None
     if not torch.cuda.is_available():
         raise BackendUnavailable(f"TensorRT needs an NVIDIA GPU and none is visible here ({BUILD_HINT})")
-    major, minor = torch.cuda.get_device_capability()
-    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    device = torch.device(device)
+    if device.type != "cuda" or (device.index or 0) >= torch.cuda.device_count():
+        raise BackendUnavailable(
+            f"device {device} is not a visible GPU here (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
+    major, minor = torch.cuda.get_device_capability(device)
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(device),
+        "compute_capability": f"{major}.{minor}",
+    }
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """A version string as numbers: "10.15.1.29" -> (10, 15, 1, 29).
+
+    Stops at the first part that is not a number: "11.0.0rc1" -> (11, 0).
+    """
+    parts = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def check_parser_supports(opset: int, tensorrt_version: str, onnx_name: str) -> None:
+    """An opset-23 graph (one Attention node, RMSNormalization) needs TensorRT >= 10.15's ONNX parser."""
+    if opset >= 23 and version_tuple(tensorrt_version) < MIN_TENSORRT_OPSET23:
+        need = ".".join(map(str, MIN_TENSORRT_OPSET23))
+        raise BackendUnavailable(
+            f"TensorRT {tensorrt_version} cannot parse {onnx_name} (opset {opset}: Attention and "
+            f"RMSNormalization need TensorRT >= {need}): pip install 'tensorrt>={need}', or re-export the bundle "
+            "with `disca-export onnx ... --opset 20` (both decomposed)"
+        )
+
+
+def timing_cache_file(environment: dict) -> str:
+    """The builder's timing cache, one per TensorRT version and compute capability (a cache from another
+    version or GPU is useless to TensorRT, and a bundle may be built on several machines)."""
+    cc = environment["compute_capability"].replace(".", "")
+    return f"{ENGINE_DIR}/timing.trt{environment['tensorrt']}.sm{cc}.cache"
 
 
 def engine_key(graph: str, precision: str) -> str:

@@ -1,10 +1,12 @@
 """Latency table on a GPU: ms per full step and per predictor step for each available backend.
 
-    python scripts/bench_gpu.py BUNDLE [--repeats 50]
+    python scripts/bench_gpu.py BUNDLE [--static-bundle STATIC] [--repeats 50]
 
-Rows: torch eager (fp32, CUDA), ONNX Runtime CUDA (fp32, with onnxruntime-gpu), TensorRT fp16
-and fp8 (engines built with `disca-export build`). A row whose stack is missing is reported
-as skipped with the reason. Shapes: the bundle's opt shape, batch 1.
+Rows: torch eager (fp32, CUDA), ONNX Runtime CUDA and TensorRT execution providers (with
+onnxruntime-gpu), TensorRT fp16 and fp8 (engines of BUNDLE built with `disca-export build`),
+and, from STATIC (a copy of the bundle built with `disca-export build --static`), TensorRT fp16
+static-shape engines without and with CUDA graphs. A row whose stack or engines are missing is
+reported as skipped with the reason. Shapes: the bundle's opt shape (what a static engine takes).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from disca.bundle import Bundle
 from disca.errors import DiscaError
 from disca.runtime.backends import get_backend
 
+# (label, backend, options, which bundle)
 ROWS = [
-    ("torch eager fp32", "torch", {"device": "cuda"}),
-    ("onnxruntime cuda fp32", "onnxruntime", {"providers": ["cuda"]}),
-    ("tensorrt fp16", "tensorrt", {"precision": "fp16"}),
-    ("tensorrt fp8", "tensorrt", {"precision": "fp8"}),
+    ("torch eager fp32", "torch", {"device": "cuda"}, "bundle"),
+    ("onnxruntime cuda fp32", "onnxruntime", {"providers": ["cuda"]}, "bundle"),
+    ("onnxruntime tensorrt-provider fp16", "onnxruntime", {"providers": ["tensorrt"], "precision": "fp16"}, "bundle"),
+    ("tensorrt fp16", "tensorrt", {"precision": "fp16"}, "bundle"),
+    ("tensorrt fp8", "tensorrt", {"precision": "fp8"}, "bundle"),
+    ("tensorrt fp16 static", "tensorrt", {"precision": "fp16"}, "static"),
+    ("tensorrt fp16 static + cuda graphs", "tensorrt", {"precision": "fp16", "cuda_graphs": True}, "static"),
 ]
 
 
@@ -43,23 +49,40 @@ def time_calls(backend, fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle")
+    ap.add_argument("--static-bundle", help="a copy of BUNDLE with static-shape engines (`build --static`)")
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
-    b = Bundle.open(args.bundle)
+    bundles = {"bundle": Bundle.open(args.bundle)}
+    if args.static_bundle:
+        bundles["static"] = Bundle.open(args.static_bundle)
+    b = bundles["bundle"]
     dims = {d: v[1] for d, v in b.manifest["ranges"].items()}
     rng = np.random.default_rng(0)
-    latent = rng.standard_normal((1, b.channels, dims["frames"], dims["height"], dims["width"]), dtype=np.float32)
-    text = rng.standard_normal((1, dims["text_len"], b.text_dim), dtype=np.float32)
-    t = np.full(1, 0.5, dtype=np.float32)
-    r = np.full(1, 0.45, dtype=np.float32)
-    print(f"bundle {b.path}, latent {latent.shape}, text {text.shape}")
+    batch = dims["batch"]
+    latent = rng.standard_normal((batch, b.channels, dims["frames"], dims["height"], dims["width"]), dtype=np.float32)
+    text = rng.standard_normal((batch, dims["text_len"], b.text_dim), dtype=np.float32)
+    t = np.full(batch, 0.5, dtype=np.float32)
+    r = np.full(batch, 0.45, dtype=np.float32)
+    print(f"GPU: {gpu_name()}")
+    print(f"bundle {b.path}, latent {latent.shape}, text {text.shape}, median of {args.repeats} calls")
     print("| backend | ms / full step | ms / predictor step | predictor / full |\n|---|---|---|---|")
-    for label, name, options in ROWS:
+    for label, name, options, which in ROWS:
+        if which not in bundles:
+            print(f"| {label} | skipped: no --static-bundle | | |")
+            continue
         try:
-            full_ms, pred_ms = measure(get_backend(name, b, **options), (latent, t, r, text), args.repeats)
+            full_ms, pred_ms = measure(get_backend(name, bundles[which], **options), (latent, t, r, text), args.repeats)
             print(f"| {label} | {full_ms:.3f} | {pred_ms:.3f} | {pred_ms / full_ms:.1%} |")
         except DiscaError as err:
             print(f"| {label} | skipped: {err} | | |")
+
+
+def gpu_name() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "unknown (no torch)"
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
 
 
 def measure(backend, arrays, repeats: int) -> tuple[float, float]:

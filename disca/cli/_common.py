@@ -19,9 +19,14 @@ def clean_errors(fn):
         except DiscaError as e:
             raise click.ClickException(str(e)) from None
         except ModuleNotFoundError as e:
-            extra = {"torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch"}.get(
-                (e.name or "").split(".")[0]
-            )
+            extra = {
+                "torch": "torch",
+                "onnx": "torch",
+                "onnxscript": "torch",
+                "safetensors": "torch",
+                "onnxruntime": "cpu",  # or gpu
+                "polygraphy": "tensorrt",
+            }.get((e.name or "").split(".")[0])
             hint = f": pip install 'disca[{extra}]'" if extra else ""
             raise click.ClickException(
                 f"this command needs the package {e.name!r}, which is not installed{hint}"

@@ -3,12 +3,15 @@
 TensorRT 11 is strongly typed: the engine's precision is the graph's, so an FP16 engine is
 built from the bundle's fp16 variant and an FP8 engine from its fp8 (Q/DQ) variant. One
 optimization profile per engine, from the manifest's shape ranges; a timing cache kept in
-the bundle makes rebuilds fast. Kept thin: everything that can be checked without a GPU
-lives in `disca.engines` and is tested on CPU.
+the bundle (one per TensorRT version and compute capability) makes rebuilds fast. Kept thin:
+everything that can be checked without a GPU lives in `disca.engines`; the Polygraphy calls
+are checked against stand-ins with TensorRT's documented interface (tests/test_tensorrt_contract.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 
 from disca._atomic import atomic_file
@@ -16,14 +19,19 @@ from disca.bundle import Bundle
 from disca.engines import (
     ENGINE_DIR,
     add_engine,
+    check_parser_supports,
     check_precision_supported,
     engine_file,
     environment,
     graph_digest,
     profile_shapes,
+    timing_cache_file,
 )
+from disca.errors import DiscaError
 
-TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
+
+class EngineBuildError(DiscaError):
+    """TensorRT (through Polygraphy) could not parse a graph or build its engine."""
 
 
 def _progress_monitor(log):
@@ -49,6 +57,23 @@ def _progress_monitor(log):
     return Monitor()
 
 
+def write_plan(path, plan) -> int:
+    """Write a serialized engine atomically. -> its size in bytes.
+
+    `plan` is TensorRT's IHostMemory: the buffer protocol and `nbytes`, but no `len()`; a memoryview
+    reads it in place (no copy of a multi-GB plan), as NVIDIA's demo does.
+    """
+    data = memoryview(plan).cast("B")
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return data.nbytes
+
+
+def _last_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
 def build_engines(
     bundle_path,
     precision: str,
@@ -65,10 +90,16 @@ def build_engines(
         bundle.graph_path(graph, precision)  # a clear error if the variant is missing
     env = environment()
     check_precision_supported(precision, env["compute_capability"], env["gpu"])
+    for graph in graphs:
+        variant = bundle.manifest["graphs"][graph]["variants"][precision]
+        check_parser_supports(variant.get("opset", 23), env["tensorrt"], variant["file"])
 
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
+    from polygraphy.exception import PolygraphyException
 
-    cache = bundle.path / TIMING_CACHE
+    failures = (PolygraphyException, RuntimeError, TypeError, ValueError)  # Polygraphy's, and the bindings'
+    cache_rel = timing_cache_file(env)
+    cache = bundle.path / cache_rel
     (bundle.path / ENGINE_DIR).mkdir(exist_ok=True)
     records = []
     for graph in graphs:
@@ -77,22 +108,45 @@ def build_engines(
         profile = Profile()
         for name, (lo, opt, hi) in shapes.items():
             profile.add(name, lo, opt, hi)
-        config = CreateConfig(
-            profiles=[profile],
-            load_timing_cache=str(cache) if cache.exists() else None,
-            builder_optimization_level=optimization_level,
-            weight_streaming=weight_streaming or None,
-            progress_monitor=_progress_monitor(log),
-        )
-        log(f"building the {graph} engine ({precision}, optimization level {optimization_level})...")
-        t0 = time.perf_counter()
-        network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
-        with atomic_file(cache) as cache_tmp:
-            plan = engine_bytes_from_network(network, config, save_timing_cache=str(cache_tmp))
+        # The timing caches go through open binary files: given a path, Polygraphy locks it with a `<path>.lock`
+        # file that it never deletes (it would be left in the bundle), and it reads a file object's `mode` and
+        # fsyncs what it saves (so no BytesIO).
+        with contextlib.ExitStack() as files:
+            old_cache = files.enter_context(open(cache, "rb")) if cache.exists() else None
+            new_cache = files.enter_context(tempfile.TemporaryFile())
+            config = CreateConfig(
+                profiles=[profile],
+                load_timing_cache=old_cache,
+                builder_optimization_level=optimization_level,
+                weight_streaming=weight_streaming or None,
+                progress_monitor=_progress_monitor(log),
+            )
+            log(f"building the {graph} engine ({precision}, optimization level {optimization_level})...")
+            t0 = time.perf_counter()
+            try:
+                network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+            except failures as e:
+                raise EngineBuildError(
+                    f"TensorRT {env['tensorrt']} could not parse {onnx_path.name} ({_last_line(e)}; the parser's "
+                    "messages are above): re-export the bundle with `disca-export onnx ... --opset 20` (no "
+                    "Attention / RMSNormalization nodes)"
+                ) from None
+            try:
+                plan = engine_bytes_from_network(network, config, save_timing_cache=new_cache)
+            except failures as e:
+                raise EngineBuildError(
+                    f"TensorRT {env['tensorrt']} could not build the {graph} engine from {onnx_path.name}: "
+                    f"{_last_line(e)} (the builder's messages are above)"
+                ) from None
+            new_cache.seek(0)
+            cache_bytes = new_cache.read()
         build_s = time.perf_counter() - t0
         rel = engine_file(graph, precision)
-        with atomic_file(bundle.path / rel) as tmp:
-            tmp.write_bytes(bytes(plan))
+        nbytes = write_plan(bundle.path / rel, plan)
+        del plan
+        if cache_bytes:  # it already holds the loaded cache's entries (the builder started from them)
+            with atomic_file(cache) as tmp:
+                tmp.write_bytes(cache_bytes)
         record = {
             "graph": graph,
             "precision": precision,
@@ -106,7 +160,7 @@ def build_engines(
             "weight_streaming": weight_streaming,
             "build_s": round(build_s, 1),
         }
-        add_engine(bundle, record, extra_files=[TIMING_CACHE])
-        log(f"  {rel}: {len(plan) / 2**20:.1f} MiB in {build_s:.0f}s")
+        add_engine(bundle, record, extra_files=[cache_rel] if cache.exists() else [])
+        log(f"  {rel}: {nbytes / 2**20:.1f} MiB in {build_s:.0f}s")
         records.append(record)
     return records

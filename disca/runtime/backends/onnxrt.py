@@ -2,14 +2,119 @@
 
 from __future__ import annotations
 
+import collections
+from importlib import metadata
+
 import numpy as np
 
+from disca.engines import ENGINE_DIR, profile_shapes
 from disca.errors import BackendUnavailable, DiscaError
 from disca.runtime.backends.base import HEAD_USERS, Backend
 
 # Where each execution provider keeps its tensors (for I/O binding).
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 _ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+ORT_TRT_CACHE = f"{ENGINE_DIR}/onnxruntime-trt"  # the TensorRT provider's engine and timing caches, in the bundle
+# Ops that do the work of a step: one of them on the CPU behind a GPU provider is a silent slowdown. (The CUDA
+# provider places small shape computations on the CPU on purpose: those are reported, not refused.)
+HEAVY_OPS = {
+    "Attention",
+    "Conv",
+    "ConvTranspose",
+    "DequantizeLinear",
+    "Einsum",
+    "Gemm",
+    "LayerNormalization",
+    "MatMul",
+    "MultiHeadAttention",
+    "QuantizeLinear",
+    "RMSNormalization",
+    "SimplifiedLayerNormalization",
+    "Softmax",
+}
+INSTALL_HINT = "pip install 'disca[cpu]' (or 'disca[gpu]' on a machine with an NVIDIA GPU, never both)"
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def check_one_onnxruntime(installed=None) -> None:
+    """onnxruntime and onnxruntime-gpu install into the same `onnxruntime` package: with both, whichever was
+    installed last wins, and the CUDA provider can vanish. `installed`: distribution names (default: this env's)."""
+    if installed is None:
+        installed = {n for n in ("onnxruntime", "onnxruntime-gpu") if _installed(n)}
+    if {"onnxruntime", "onnxruntime-gpu"} <= set(installed):
+        raise BackendUnavailable(
+            "onnxruntime and onnxruntime-gpu are both installed and overwrite each other: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'disca[cpu]' or 'disca[gpu]'"
+        )
+
+
+def _shape_list(shapes: dict, point: int) -> str:
+    """ORT TensorRT provider profile syntax: "latent:1x3x2x8x8,t:1,..." at one profile point (0/1/2)."""
+    return ",".join(f"{name}:{'x'.join(map(str, dims[point]))}" for name, dims in shapes.items())
+
+
+def provider_options(providers: list[str], bundle, graph: str, device_id: int = 0) -> list:
+    """The providers to give InferenceSession, with their options: (name, {option: value}) pairs.
+
+    TensorRT provider: its engine and timing caches in the bundle (the first session builds for minutes; the next
+    ones load), one profile from the manifest's shape ranges (without it, every new shape rebuilds), and the CUDA
+    provider behind it for the nodes TensorRT does not take.
+    """
+    out = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            shapes = profile_shapes(bundle.specs[graph], bundle.ranges, bundle.patch)
+            cache = str(bundle.path / ORT_TRT_CACHE)
+            out.append(
+                (
+                    name,
+                    {
+                        "device_id": device_id,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": cache,
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": cache,
+                        "trt_profile_min_shapes": _shape_list(shapes, 0),
+                        "trt_profile_opt_shapes": _shape_list(shapes, 1),
+                        "trt_profile_max_shapes": _shape_list(shapes, 2),
+                    },
+                )
+            )
+            if "CUDAExecutionProvider" not in providers:
+                out.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        elif name == "CUDAExecutionProvider":
+            out.append((name, {"device_id": device_id}))
+        else:
+            out.append((name, {}))
+    return out
+
+
+def placement(session) -> dict[str, collections.Counter]:
+    """{provider: Counter(op type)} of a session's nodes (needs `session.record_ep_graph_assignment_info`)."""
+    placed = collections.defaultdict(collections.Counter)
+    for subgraph in session.get_provider_graph_assignment_info():
+        placed[subgraph.ep_name].update(node.op_type for node in subgraph.get_nodes())
+    return dict(placed)
+
+
+def check_placement(placed: dict, requested: str, graph: str) -> None:
+    """Refuse a session whose heavy ops ORT quietly put on the CPU behind a GPU provider."""
+    if requested == "CPUExecutionProvider":
+        return
+    heavy = {op: n for op, n in placed.get("CPUExecutionProvider", {}).items() if op in HEAVY_OPS}
+    if heavy:
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(heavy.items()))
+        raise BackendUnavailable(
+            f"ONNX Runtime put {ops} node(s) of the {graph} graph on the CPU behind {requested} (the provider has no "
+            "kernel for them): use --backend tensorrt, the fp32 variant, or --providers cpu"
+        )
 
 
 class OnnxRuntimeBackend(Backend):
@@ -23,25 +128,34 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, bundle, providers=("cpu",), threads: int | None = None, precision: str = "fp32", spinning: bool = False
+        self,
+        bundle,
+        providers=("cpu",),
+        threads: int | None = None,
+        precision: str = "fp32",
+        spinning: bool = False,
+        device_id: int = 0,
     ):
         super().__init__(bundle)
         self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
         self.threads = threads
         self.precision = precision
         self.spinning = spinning
+        self.device_id = device_id
+        self.placement = {}  # graph -> {provider: Counter(op type)}: where ORT put each graph's nodes
 
     def _activate_impl(self) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendUnavailable("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from None
+            raise BackendUnavailable(f"the onnxruntime backend needs onnxruntime: {INSTALL_HINT}") from None
+        check_one_onnxruntime()
         available = ort.get_available_providers()
         for p in self.providers:
             if p not in available:
                 raise BackendUnavailable(
                     f"ONNX Runtime provider {p} is not available here (available: {', '.join(available)}); "
-                    "for CUDA/TensorRT install onnxruntime-gpu"
+                    "for CUDA/TensorRT: pip uninstall onnxruntime && pip install 'disca[gpu]'"
                 )
         opts = ort.SessionOptions()
         if self.threads:
@@ -50,7 +164,19 @@ class OnnxRuntimeBackend(Backend):
         # The two sessions have a thread pool each and run alternately: a pool that spin-waits after its call
         # steals the cores from the other one (measured on 2 cores: full step 121 ms with spinning vs 65 ms without).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        # Where each node runs, to catch a node-level fallback to the CPU (ORT logs it at most).
+        can_report = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")  # onnxruntime >= 1.23
+        if can_report:
+            opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         self.sessions = {}
+        if "TensorrtExecutionProvider" in self.providers:
+            try:
+                (self.bundle.path / ORT_TRT_CACHE).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BackendUnavailable(
+                    f"the TensorRT provider keeps its engines in the bundle, and {self.bundle.path} is not writable "
+                    f"({e.strerror}): copy the bundle somewhere writable"
+                ) from None
         # The head and probe graphs (training-free baselines only) are optional: older bundles, adapted models,
         # or a precision without them.
         manifest = self.bundle.manifest["graphs"]
@@ -59,7 +185,8 @@ class OnnxRuntimeBackend(Backend):
         for graph in graphs:
             path = self.bundle.graph_path(graph, self.precision)
             try:
-                session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+                providers = provider_options(self.providers, self.bundle, graph, self.device_id)
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             except Exception as e:  # ORT raises its own exception types for unreadable models
                 raise DiscaError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
             # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: fail loudly instead.
@@ -67,6 +194,9 @@ class OnnxRuntimeBackend(Backend):
                 raise BackendUnavailable(
                     f"ONNX Runtime could not start {self.providers[0]} (active: {', '.join(session.get_providers())})"
                 )
+            if can_report:
+                self.placement[graph] = placement(session)
+                check_placement(self.placement[graph], self.providers[0], graph)
             self.sessions[graph] = session
         self.device = _DEVICE.get(self.providers[0], "cpu")
         self._out = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
@@ -84,7 +214,7 @@ class OnnxRuntimeBackend(Backend):
         elif cache is not None:  # the full graph's output, still on the device
             binding.bind_ortvalue_input("hidden", cache)
         for name in self._out[graph]:
-            binding.bind_output(name, self.device)
+            binding.bind_output(name, self.device, self.device_id)
         session.run_with_iobinding(binding)
         return binding.get_outputs()
 
