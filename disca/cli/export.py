@@ -6,6 +6,7 @@ torch is imported only by the commands that need it: `inspect` runs on a deploy 
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import click
@@ -13,7 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from disca.bundle import Bundle
+from disca.bundle import Bundle, resolve_bundle
 from disca.cli._common import clean_errors, parse_range
 from disca.spec import DIMS, ShapeRanges
 
@@ -24,7 +25,12 @@ PRECISIONS = ("fp32", "fp16", "fp8")  # kept in step with disca.exporter.precisi
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="disca")
 def main():
-    """Export DisCa models to bundles of two ONNX graphs, and inspect bundles."""
+    """Export DisCa models to bundles of two ONNX graphs, and inspect bundles.
+
+    A BUNDLE argument is a bundle directory, or `demo` for the demo model shipped with disca
+    (a directory named `demo` in the current directory takes precedence). The shipped demo is
+    read-only: the commands that write into a bundle need a copy of it.
+    """
 
 
 @main.command("onnx")
@@ -205,6 +211,7 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     """
     from disca.exporter.tensorrt_build import build_engines
 
+    resolve_bundle(bundle, write=True)
     names = default_graphs(Bundle.open(bundle).manifest) if graphs is None else graphs.split(",")
     names = [g.strip() for g in names if g.strip()]
     for g in names:
@@ -264,7 +271,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
     from disca.runtime.schedule import calibrated_reuse_gaps
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(resolve_bundle(bundle, write=True))
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
     split = lambda text: {x.strip() for x in text.split(",") if x.strip()}  # noqa: E731
@@ -323,7 +330,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     from disca.calibration.teacache import calibrate_teacache
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(resolve_bundle(bundle, write=True))
     if "first" not in b.manifest["graphs"]:
         raise click.UsageError(f"bundle {bundle} has no probe graph (`first`): re-export it with this disca version")
     cal = _calibration_set(b, prompts, samples)
@@ -371,7 +378,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
     from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(resolve_bundle(bundle, write=not no_write))
     steps = steps or b.schedule.steps
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
@@ -383,6 +390,9 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         )
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
+    no_plot = "" if find_spec("matplotlib") else " (no PNG: matplotlib is not installed, pip install 'disca[plot]')"
+    if no_plot:
+        console.print(f"the report will be written{no_plot}")
     adherence = None
     if uses_task_vocabulary(b):
         from disca.task import score
@@ -417,7 +427,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         table = gaps.markdown_table(cached_steps["errors"]) + "\n\n" + table
     (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
     (report_dir / "schedule_search.md").write_text(table + "\n")
-    plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
+    if not no_plot:
+        plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
     if not no_write:
         from disca.engines import write_manifest
 
@@ -444,7 +455,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         else:
             where = f"stored the searched lists (K = 1..{steps}) in {b.path}"
             where += f", anchors {chosen} as its default schedule" if chosen else ""
-        click.echo(f"{where}; report in {report_dir}/")
+        click.echo(f"{where}; report in {report_dir}/{no_plot}")
 
 
 @main.command("validate")

@@ -14,11 +14,10 @@ with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from disca.bundle import Bundle
+from disca.bundle import SHIPPED_DEMO, Bundle, shipped_demo
 from disca.errors import BundleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
@@ -31,16 +30,11 @@ from disca.runtime.schedule import (
     check_anchors,
     make_policy,
 )
-from disca.runtime.text import Vocabulary, hash_embed
+from disca.runtime.text import hash_embed
+from disca.vocab import Vocabulary
 
-DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
-
-
-def demo_bundle() -> Path:
-    """The bundle of the trained demo model that ships inside the package."""
-    if not (DEMO_BUNDLE / "manifest.json").is_file():
-        raise BundleError(f"this install has no demo bundle at {DEMO_BUNDLE}: give a BUNDLE path")
-    return DEMO_BUNDLE
+DEMO_BUNDLE = SHIPPED_DEMO  # the trained demo model, shipped in the package
+demo_bundle = shipped_demo  # its path; `Pipeline.load("demo")` opens it
 
 
 @dataclass
