@@ -165,12 +165,13 @@ class Bundle:
     def graph_path(self, graph: str, precision: str = "fp32") -> Path:
         variants = self.manifest["graphs"][graph]["variants"]
         if precision not in variants:
-            make = f"re-export it with `disca-export onnx ... --out {self.path} --precision {precision}`"
-            if precision == "fp8":
-                make = f"make it with `disca-export calibrate {self.path}`, or {make}"
+            make = {  # the commands that make a variant
+                "fp16": f": re-export it with `disca-export onnx ... --out {self.path} --precision fp32,fp16`",
+                "fp8": f": make it with `disca-export calibrate {self.path}` (or re-export with --precision fp32,fp8)",
+            }.get(precision, "")
             raise BundleError(
-                f"bundle {self.path} has no {precision} variant of the {graph} graph (it has "
-                f"{', '.join(variants)}): {make}"
+                f"bundle {self.path} has no {precision} variant of the {graph} graph "
+                f"(it has {', '.join(variants)}){make}"
             )
         return self.path / variants[precision]["file"]
 

@@ -38,11 +38,11 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tiny_ranges, tmp_path_factory):
     """A bundle of the tiny model, exported once (opset 23, with weights, fp32 + fp16 + fp8 variants)."""
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
 
     cfg, dit, predictor = tiny_model
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(
+    build_bundle(
         cfg, dit, predictor, out, ranges=tiny_ranges, precisions=("fp32", "fp16", "fp8"), weights_note="tests"
     )
     return out

@@ -87,10 +87,10 @@ def test_run_error_on_missing_or_corrupt_bundle(tmp_path, bundle_copy):
 
 
 def test_run_torch_backend_needs_weights(tiny_model, tiny_ranges, tmp_path):
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
 
     cfg, dit, predictor = tiny_model
-    out = export_bundle(cfg, dit, predictor, tmp_path / "b", ranges=tiny_ranges, include_weights=False)
+    out = build_bundle(cfg, dit, predictor, tmp_path / "b", ranges=tiny_ranges, include_weights=False)
     line = error_line(invoke(run_cli, [out, *RUN, "--backend", "torch"]))
     assert "has no PyTorch weights" in line
 

@@ -104,10 +104,10 @@ def test_cli_without_tensorrt_names_the_extra(tiny_bundle, tmp_path):
 
 
 def test_build_cli_errors_before_touching_tensorrt(tiny_bundle, tiny_model, tiny_ranges, tmp_path):
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
 
     cfg, dit, predictor = tiny_model
-    fp32_only = export_bundle(cfg, dit, predictor, tmp_path / "b", ranges=tiny_ranges, include_weights=False)
+    fp32_only = build_bundle(cfg, dit, predictor, tmp_path / "b", ranges=tiny_ranges, include_weights=False)
     line = error_line(invoke(export_cli, ["build", fp32_only, "--precision", "fp8"]))
     assert "has no fp8 variant of the full graph" in line
     line = error_line(invoke(export_cli, ["build", tiny_bundle, "--precision", "fp8", "--graphs", "x"]))

@@ -117,7 +117,7 @@ def onnx_cmd(
             choices = ", ".join(PRECISIONS)
             raise click.BadParameter(f"{p!r} is not a precision; choose from {choices}", param_hint="--precision")
 
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
     from disca.models import build, load_checkpoint, randomize_
     from disca.models import preset as get_preset
 
@@ -159,7 +159,7 @@ def onnx_cmd(
             default = [max(p, v // p * p) for v in default]
         ranges[dim] = parse_range(given[dim], dim.replace("_", "-"), default[1]) if given[dim] else default
     console = Console(stderr=True)
-    export_bundle(
+    build_bundle(
         cfg,
         dit,
         predictor,
