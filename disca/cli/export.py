@@ -6,7 +6,6 @@ torch is imported only by the commands that need it: `inspect` runs on a deploy 
 from __future__ import annotations
 
 import json
-from importlib.util import find_spec
 from pathlib import Path
 
 import click
@@ -390,9 +389,9 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         )
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
-    no_plot = "" if find_spec("matplotlib") else " (no PNG: matplotlib is not installed, pip install 'disca[plot]')"
+    no_plot = "" if _importable("matplotlib") else " (no PNG: matplotlib is not installed, pip install 'disca[plot]')"
     if no_plot:
-        console.print(f"the report will be written{no_plot}")
+        console.print(f"the report will be written{no_plot}", markup=False)
     adherence = None
     if uses_task_vocabulary(b):
         from disca.task import score
@@ -456,6 +455,14 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
             where = f"stored the searched lists (K = 1..{steps}) in {b.path}"
             where += f", anchors {chosen} as its default schedule" if chosen else ""
         click.echo(f"{where}; report in {report_dir}/{no_plot}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
 
 
 @main.command("validate")
