@@ -99,10 +99,10 @@ def onnx_cmd(
 
     \b
     Examples:
-      disca-export onnx --preset demo --out bundles/demo
-      disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8
-      disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20
-      disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan
+      disca-export onnx --preset demo --out bundles/untrained                  # needs torch, a minute or two
+      disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8   # needs a checkpoint
+      disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20   # needs a checkpoint
+      disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan  # needs Wan
     """
     if sum(x is not None for x in (preset, checkpoint, source)) != 1:
         raise click.UsageError("give exactly one of --preset NAME, --checkpoint DIR or --from diffusers:PATH")
@@ -205,8 +205,8 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
 
     \b
     Examples:
-      disca-export build bundles/student --precision fp16
-      disca-export build bundles/student --precision fp8 --static
+      disca-export build bundles/student --precision fp16           # needs a GPU with TensorRT
+      disca-export build bundles/student --precision fp8 --static   # needs a GPU with TensorRT
     """
     from disca.exporter.tensorrt_build import build_engines
 
@@ -476,6 +476,11 @@ def validate_cmd(bundle, backends, prompts, samples, as_json):
     """Check BUNDLE before deploying it: every graph variant on every backend against the fp32
     reference (two shapes), and DisCa end to end against all-full sampling, with the thresholds
     stored in the manifest. Exits non-zero when anything fails.
+
+    \b
+    Examples:
+      disca-export validate demo
+      disca-export validate bundles/student --backend onnxruntime,torch --json   # needs a bundle with weights
     """
     from disca.calibration.validation import validate_bundle
 
@@ -529,6 +534,11 @@ def inspect_cmd(bundle, as_json):
     """Show a bundle's graphs, I/O, shape ranges, parameter counts and schedule, and verify its files' hashes.
 
     Exits non-zero if a file does not match its sha256.
+
+    \b
+    Examples:
+      disca-export inspect demo
+      disca-export inspect demo --json
     """
     b = Bundle.open(bundle)
     hashes = b.verify_hashes()

@@ -106,16 +106,20 @@ def main(
     verify,
     as_json,
 ):
-    """Generate a video from BUNDLE (default: the demo model shipped with disca): anchor steps run
-    the full DiT, the others the cache predictor.
+    """Generate a video from BUNDLE: anchor steps run the full DiT, the others the cache predictor
+    (or, on the gaps where the bundle's calibration found it closer, the cache through the DiT's head).
+
+    BUNDLE is a bundle directory, or `demo` (the default): the demo model shipped with disca; a
+    directory named `demo` in the current directory takes precedence.
 
     \b
     Examples:
-      disca-run bundles/demo --prompt "a red circle moving left" --out clip.gif
-      disca-run bundles/demo --prompt "a red circle moving left" --schedule full --json
-      disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
-      disca-run bundles/demo --prompt "..." --anchors 5
-      disca-run bundles/demo --prompt "..." --backend tensorrt --precision fp8
+      disca-run --prompt "a red circle moving left" --out clip.gif --upscale 4
+      disca-run demo --prompt "a red circle moving left" --schedule full --json
+      disca-run demo --prompt "a blue square moving up" --steps 10 --schedule 0,1,3,6
+      disca-run demo --prompt "a green triangle moving right" --anchors 5 --policy disca-predictor
+      disca-run bundles/student --prompt "a red circle" --backend torch        # needs a bundle with weights
+      disca-run bundles/student --prompt "a red circle" --backend tensorrt --precision fp8   # needs TensorRT engines
     """
     if bundle is None:
         bundle = demo_bundle()
