@@ -48,6 +48,17 @@ def tiny_bundle(tiny_model, tiny_ranges, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle_plain(tiny_model, tiny_ranges, tmp_path_factory):
+    """A second export of the tiny model, shared by the tests of each of its differences from `tiny_bundle`:
+    opset 20 (decomposed attention), fp32 only, no PyTorch weights."""
+    from disca.build import build_bundle
+
+    cfg, dit, predictor = tiny_model
+    out = tmp_path_factory.mktemp("bundles") / "tiny-plain"
+    return build_bundle(cfg, dit, predictor, out, opset=20, ranges=tiny_ranges, include_weights=False)
+
+
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):
     """A private copy of the tiny bundle that a test may corrupt."""

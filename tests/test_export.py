@@ -68,9 +68,8 @@ def test_parity_failure_names_graph_output_and_shape(tiny_model, tiny_bundle):
         check_graph("full", session, other, feeds, ["velocity", "hidden"], {"rel_l2": 1e-4})
 
 
-def test_opset_20_exports_decomposed_attention(tiny_model, tiny_ranges, tmp_path):
-    cfg, dit, predictor = tiny_model
-    out = build_bundle(cfg, dit, predictor, tmp_path / "b20", opset=20, ranges=tiny_ranges, include_weights=False)
+def test_opset_20_exports_decomposed_attention(tiny_bundle_plain):
+    out = tiny_bundle_plain
     ops = {n.op_type for n in onnx.load(str(out / "full.onnx"), load_external_data=False).graph.node}
     assert "Attention" not in ops and "Softmax" in ops
     manifest = json.loads((out / "manifest.json").read_text())
