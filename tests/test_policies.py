@@ -259,7 +259,7 @@ def test_teacache_and_run_clis(bundle_copy):
         assert result.exit_code == 0, result.output
         stats = json.loads(result.output)
         assert stats["first_calls"] == 20 and stats["full_calls"] + stats["cached_calls"] == 20
-        assert stats["anchors"][0] == 0 and stats["head_calls"] == stats["cached_calls"] > 0
+        assert stats["anchors"][0] == 0 and stats["head_calls"] == stats["cached_calls"]  # skipped steps: the head
         assert stats["predictor_calls"] == 0 and stats["ms_per_predictor"] is None
 
 
