@@ -5,7 +5,7 @@ its ops and would slow an ONNX Runtime call in the same process), and the runs
 are interleaved round by round (these machines are noisy: compare only figures
 taken together); each figure is the median over --repeats.
 
-    python scripts/bench_core.py bundles/demo --repeats 5 [--json]
+    python scripts/bench_core.py demo --repeats 5 --backends onnxruntime [--json]   # demo: the shipped one
 """
 
 from __future__ import annotations
