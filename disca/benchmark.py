@@ -48,10 +48,8 @@ def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
             )
             outs[j].append(out[0])
             ms[j] += stats.total_ms
-            counts = {"full": stats.full_calls, **{g: c for g, (c, _) in stats.graphs.items()}}
-            if stats.probe_calls:  # partial passes: embedders + block 0
-                counts["first"] = stats.probe_calls
-            for g, c in counts.items():
+            passes[j].setdefault("full", 0)
+            for g, (c, _) in stats.graphs.items():  # `first`: partial passes, embedders + block 0
                 passes[j][g] = passes[j].get(g, 0) + c
         if (i + 1) % 8 == 0 or i + 1 == len(cal):
             log(f"  {i + 1}/{len(cal)} clips")

@@ -20,6 +20,30 @@ from disca.spec import GraphSpec, ShapeRanges
 FORMAT = "disca-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+DEMO = "demo"  # the name of the demo model shipped in the package, usable wherever a bundle path is
+SHIPPED_DEMO = Path(__file__).resolve().parent / "demo"
+
+
+def shipped_demo() -> Path:
+    """The bundle of the trained demo model that ships inside the package."""
+    if not (SHIPPED_DEMO / MANIFEST).is_file():
+        raise BundleError(f"this install has no demo bundle at {SHIPPED_DEMO}: give a bundle path")
+    return SHIPPED_DEMO
+
+
+def resolve_bundle(path, *, write: bool = False) -> Path:
+    """A bundle argument -> its directory. `demo` names the shipped demo model unless a directory
+    of that name exists here (a real path always wins). `write`: the caller will modify the bundle,
+    which the shipped demo does not allow (it is part of the installed package)."""
+    path = Path(path)
+    if str(path) == DEMO and not path.exists():
+        path = shipped_demo()
+    if write and path.resolve() == SHIPPED_DEMO:
+        raise BundleError(
+            f"the shipped demo bundle is part of the package and is not modified: copy it first "
+            f"(cp -r {SHIPPED_DEMO} my-demo) and pass the copy"
+        )
+    return path
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -56,7 +80,7 @@ class Bundle:
 
     @classmethod
     def open(cls, path, verify: bool = False) -> Bundle:
-        path = Path(path)
+        path = resolve_bundle(path)
         if not path.is_dir():
             raise BundleError(f"bundle {path} does not exist (create one with `disca-export onnx`)")
         mfile = path / MANIFEST
@@ -141,8 +165,13 @@ class Bundle:
     def graph_path(self, graph: str, precision: str = "fp32") -> Path:
         variants = self.manifest["graphs"][graph]["variants"]
         if precision not in variants:
+            make = {  # the commands that make a variant
+                "fp16": f": re-export it with `disca-export onnx ... --out {self.path} --precision fp32,fp16`",
+                "fp8": f": make it with `disca-export calibrate {self.path}` (or re-export with --precision fp32,fp8)",
+            }.get(precision, "")
             raise BundleError(
-                f"bundle {self.path} has no {precision} variant of the {graph} graph ({', '.join(variants)})"
+                f"bundle {self.path} has no {precision} variant of the {graph} graph "
+                f"(it has {', '.join(variants)}){make}"
             )
         return self.path / variants[precision]["file"]
 

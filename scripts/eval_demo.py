@@ -37,7 +37,7 @@ def run_rows(pipe: Pipeline, prompts, noise, anchors) -> tuple[np.ndarray, float
         t0 = time.perf_counter()
         video, stats = pipe.denoise(noise[i : i + 1], pipe.embed_prompt(p)[None], anchors=anchors)
         ms += (time.perf_counter() - t0) * 1e3
-        passes += stats.full_calls + stats.predictor_calls
+        passes += stats.full_calls + stats.cached_calls
         clips.append(np.clip(video[0], -1, 1))
     return np.stack(clips), ms / len(prompts), passes / len(prompts)
 

@@ -38,14 +38,25 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tiny_ranges, tmp_path_factory):
     """A bundle of the tiny model, exported once (opset 23, with weights, fp32 + fp16 + fp8 variants)."""
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
 
     cfg, dit, predictor = tiny_model
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(
+    build_bundle(
         cfg, dit, predictor, out, ranges=tiny_ranges, precisions=("fp32", "fp16", "fp8"), weights_note="tests"
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_plain(tiny_model, tiny_ranges, tmp_path_factory):
+    """A second export of the tiny model, shared by the tests of each of its differences from `tiny_bundle`:
+    opset 20 (decomposed attention), fp32 only, no PyTorch weights."""
+    from disca.build import build_bundle
+
+    cfg, dit, predictor = tiny_model
+    out = tmp_path_factory.mktemp("bundles") / "tiny-plain"
+    return build_bundle(cfg, dit, predictor, out, opset=20, ranges=tiny_ranges, include_weights=False)
 
 
 @pytest.fixture

@@ -172,10 +172,10 @@ def test_hunyuan_trimmed_prompt_equals_masked_host():
 @pytest.mark.parametrize("opset", [23, 20])
 def test_export_bundle_parity_on_onnx_runtime(adapted, opset, tmp_path, tiny_ranges):
     pytest.importorskip("onnxruntime")
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
 
     arch, host, adapter, predictor = adapted
-    out = export_bundle(
+    out = build_bundle(
         adapter.model_config(predictor_depth=1),
         adapter,
         predictor,

@@ -53,7 +53,7 @@ def test_missing_bundle_and_manifest(tmp_path):
 
 
 def test_unknown_precision_names_what_exists(bundle_copy):
-    with pytest.raises(BundleError, match=r"no int8 variant of the full graph \(fp32, fp16, fp8\)"):
+    with pytest.raises(BundleError, match=r"no int8 variant of the full graph \(it has fp32, fp16, fp8\)"):
         Bundle.open(bundle_copy).graph_path("full", "int8")
 
 

@@ -86,12 +86,8 @@ def test_run_error_on_missing_or_corrupt_bundle(tmp_path, bundle_copy):
     assert "unreadable or corrupt" in error_line(invoke(run_cli, [bundle_copy, "--prompt", "x"]))
 
 
-def test_run_torch_backend_needs_weights(tiny_model, tiny_ranges, tmp_path):
-    from disca.exporter import export_bundle
-
-    cfg, dit, predictor = tiny_model
-    out = export_bundle(cfg, dit, predictor, tmp_path / "b", ranges=tiny_ranges, include_weights=False)
-    line = error_line(invoke(run_cli, [out, *RUN, "--backend", "torch"]))
+def test_run_torch_backend_needs_weights(tiny_bundle_plain):
+    line = error_line(invoke(run_cli, [tiny_bundle_plain, *RUN, "--backend", "torch"]))
     assert "has no PyTorch weights" in line
 
 
@@ -115,6 +111,7 @@ def test_inspect_reports_and_verifies(tiny_bundle, bundle_copy):
     assert "predictor.onnx.data" in error_line(result)
 
 
+@pytest.mark.slow
 def test_export_cli_writes_a_bundle_and_guards_the_old_one(tmp_path):
     out = tmp_path / "b"
     args = [

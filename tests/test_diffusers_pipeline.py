@@ -88,14 +88,14 @@ def pipe():
 @pytest.fixture(scope="module")
 def wan_bundle(pipe, tmp_path_factory):
     """The pipeline's transformer exported as a bundle (random predictor: the cached steps just have to run)."""
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
     from disca.spec import ShapeRanges
 
     adapter = adapt(pipe.transformer).eval()
     predictor = randomize_(build_predictor(adapter, depth=1), 2).eval()
     ranges = ShapeRanges(batch=[1, 1, 2], frames=[1, 2, 4], height=[4, 8, 12], width=[4, 8, 12], text_len=[1, 8, 8])
     out = tmp_path_factory.mktemp("bundles") / "wan"
-    return export_bundle(adapter.model_config(1), adapter, predictor, out, ranges=ranges, include_weights=False)
+    return build_bundle(adapter.model_config(1), adapter, predictor, out, ranges=ranges, include_weights=False)
 
 
 @pytest.fixture(scope="module")

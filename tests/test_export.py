@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from disca._atomic import atomic_directory, current_umask
+from disca.build import build_bundle
 from disca.bundle import Bundle
 from disca.errors import ParityError, ShapeError
-from disca.exporter import export_bundle, export_shapes
+from disca.exporter import export_shapes
 from disca.exporter.validate import check_graph
 from disca.models.graphs import FullGraph
 from disca.spec import DIMS, ShapeRanges, dummy_inputs
@@ -67,9 +68,8 @@ def test_parity_failure_names_graph_output_and_shape(tiny_model, tiny_bundle):
         check_graph("full", session, other, feeds, ["velocity", "hidden"], {"rel_l2": 1e-4})
 
 
-def test_opset_20_exports_decomposed_attention(tiny_model, tiny_ranges, tmp_path):
-    cfg, dit, predictor = tiny_model
-    out = export_bundle(cfg, dit, predictor, tmp_path / "b20", opset=20, ranges=tiny_ranges, include_weights=False)
+def test_opset_20_exports_decomposed_attention(tiny_bundle_plain):
+    out = tiny_bundle_plain
     ops = {n.op_type for n in onnx.load(str(out / "full.onnx"), load_external_data=False).graph.node}
     assert "Attention" not in ops and "Softmax" in ops
     manifest = json.loads((out / "manifest.json").read_text())
@@ -82,9 +82,9 @@ def test_opset_20_exports_decomposed_attention(tiny_model, tiny_ranges, tmp_path
 def test_bad_ranges_and_opset_fail_before_writing(tiny_model, tmp_path):
     cfg, dit, predictor = tiny_model
     with pytest.raises(ShapeError, match="multiples of the patch size 2"):
-        export_bundle(cfg, dit, predictor, tmp_path / "x", ranges=ShapeRanges(height=[4, 7, 12]))
+        build_bundle(cfg, dit, predictor, tmp_path / "x", ranges=ShapeRanges(height=[4, 7, 12]))
     with pytest.raises(ShapeError, match="opset 19"):
-        export_bundle(cfg, dit, predictor, tmp_path / "x", opset=19)
+        build_bundle(cfg, dit, predictor, tmp_path / "x", opset=19)
     assert not list(tmp_path.iterdir())
 
 

@@ -47,8 +47,8 @@ def test_disca_reuses_the_cache_on_the_calibrated_gaps(tiny_bundle):
         every, _ = run(DiscaPolicy(anchors, reuse_gaps=[1, 2]))
         reuse, _ = run(ReusePolicy(anchors))
     assert [g for _, g, _, _ in stats.per_step] == ["full", "head", "predictor", "full", "head", "predictor"]
-    assert {g: c for g, (c, _) in stats.graphs.items()} == {"head": 2, "predictor": 2}
-    assert {g: c for g, (c, _) in pure_stats.graphs.items()} == {"predictor": 4}
+    assert {g: c for g, (c, _) in stats.graphs.items()} == {"full": 2, "head": 2, "predictor": 2}
+    assert {g: c for g, (c, _) in pure_stats.graphs.items()} == {"full": 2, "predictor": 4}
     np.testing.assert_array_equal(every, reuse)  # reuse on every gap is the reuse policy
     assert not np.allclose(mixed, pure) and not np.allclose(mixed, reuse)
 
@@ -129,14 +129,14 @@ def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy,
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     run = invoke(run_cli, [bundle_copy, "--prompt", "a red circle", "--steps", "4", "--schedule", "0", "--json"])
     assert run.exit_code == 0, run.output
-    graphs = json.loads(run.output)["cached_graphs"]
-    assert {g: v["calls"] for g, v in graphs.items()} == {"head": 1, "predictor": 2}
+    stats = json.loads(run.output)
+    assert [stats[f"{g}_calls"] for g in ("full", "predictor", "head", "first", "cached")] == [1, 2, 1, 0, 3]
     # the paper's DisCa, the predictor on every cached step, stays one option away
     args_pure = [bundle_copy, "--prompt", "a red circle", "--steps", "4", "--schedule", "0", "--json"]
     pure = json.loads(invoke(run_cli, [*args_pure, "--policy", "disca-predictor"]).output)
-    assert pure["policy"] == "disca-predictor" and pure["cached_graphs"]["predictor"]["calls"] == 3
+    assert pure["policy"] == "disca-predictor" and pure["predictor_calls"] == pure["cached_calls"] == 3
     with Pipeline.load(bundle_copy) as pipe:
-        assert pipe.generate("a red circle", steps=6, anchors=[0, 3]).stats.graphs.keys() == {"predictor"}
+        assert pipe.generate("a red circle", steps=6, anchors=[0, 3]).stats.graphs.keys() == {"full", "predictor"}
 
     # --predictor-only drops the fallback
     result = invoke(export_cli, [*args, "--predictor-only", "--report", tmp_path / "rep2", "--json"])

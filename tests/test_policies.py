@@ -90,8 +90,9 @@ def test_every_policy_runs_on_onnxruntime_and_all_anchors_is_all_full(tiny_bundl
         full, _ = pipe.denoise(latent, text, steps=6, anchors="full")
         for name in ("disca", "reuse", "taylorseer1", "taylorseer2"):
             out, stats = pipe.denoise(latent, text, steps=6, anchors=[0, 2, 4], policy=name)
-            assert (stats.full_calls, stats.predictor_calls) == (3, 3) and np.isfinite(out).all()
-            assert stats.cached_graph == ("predictor" if name == "disca" else "head")
+            assert (stats.full_calls, stats.cached_calls) == (3, 3) and np.isfinite(out).all()
+            cached = "predictor" if name == "disca" else "head"  # what the cached steps ran, counted as such
+            assert (stats.predictor_calls, stats.head_calls) == ((3, 0) if cached == "predictor" else (0, 3))
             same, _ = pipe.denoise(latent, text, steps=6, anchors=list(range(6)), policy=name)
             np.testing.assert_allclose(same, full, rtol=1e-5, atol=1e-6)
 
@@ -193,12 +194,12 @@ def test_threshold_policies_decide_from_the_probe(tiny_bundle):
         for name, skip_all in (("teacache", 2), ("first-block", 1)):
             # a threshold nothing stays under: every step full, the same result as all-full sampling
             out, stats = pipe.denoise(latent, text, steps=6, policy=name, threshold=1e-9)
-            assert (stats.full_calls, stats.probe_calls) == (6, 6)
+            assert (stats.full_calls, stats.first_calls) == (6, 6)
             np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-6)
             # a threshold everything stays under: only the forced full steps
             out, stats = pipe.denoise(latent, text, steps=6, policy=name, threshold=1e9)
-            assert (stats.full_calls, stats.predictor_calls, stats.probe_calls) == (skip_all, 6 - skip_all, 6)
-            assert stats.cached_graph == "head" and np.isfinite(out).all()
+            assert (stats.full_calls, stats.head_calls, stats.first_calls) == (skip_all, 6 - skip_all, 6)
+            assert stats.predictor_calls == 0 and np.isfinite(out).all()
             assert not np.allclose(out, full, atol=1e-3)
         # in between, ORT and torch take the same decisions
         for backend in ("onnxruntime", "torch"):
@@ -257,8 +258,9 @@ def test_teacache_and_run_clis(bundle_copy):
         result = invoke(run_cli, [*args, "--json"])
         assert result.exit_code == 0, result.output
         stats = json.loads(result.output)
-        assert stats["probe_calls"] == 20 and stats["full_calls"] + stats["predictor_calls"] == 20
-        assert stats["anchors"][0] == 0 and stats["cached_graph"] == "head"
+        assert stats["first_calls"] == 20 and stats["full_calls"] + stats["cached_calls"] == 20
+        assert stats["anchors"][0] == 0 and stats["head_calls"] == stats["cached_calls"]  # skipped steps: the head
+        assert stats["predictor_calls"] == 0 and stats["ms_per_predictor"] is None
 
 
 def test_benchmark_runs_the_threshold_policies(tiny_bundle):

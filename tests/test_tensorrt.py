@@ -103,13 +103,9 @@ def test_cli_without_tensorrt_names_the_extra(tiny_bundle, tmp_path):
     assert "pip install 'disca[gpu,torch,tensorrt]'" in line
 
 
-def test_build_cli_errors_before_touching_tensorrt(tiny_bundle, tiny_model, tiny_ranges, tmp_path):
-    from disca.exporter import export_bundle
-
-    cfg, dit, predictor = tiny_model
-    fp32_only = export_bundle(cfg, dit, predictor, tmp_path / "b", ranges=tiny_ranges, include_weights=False)
-    line = error_line(invoke(export_cli, ["build", fp32_only, "--precision", "fp8"]))
-    assert "has no fp8 variant of the full graph" in line
+def test_build_cli_errors_before_touching_tensorrt(tiny_bundle, tiny_bundle_plain, tmp_path):
+    line = error_line(invoke(export_cli, ["build", tiny_bundle_plain, "--precision", "fp8"]))
+    assert "has no fp8 variant of the full graph" in line and "disca-export calibrate" in line
     line = error_line(invoke(export_cli, ["build", tiny_bundle, "--precision", "fp8", "--graphs", "x"]))
     assert "not a graph" in line
     assert "does not exist" in error_line(invoke(export_cli, ["build", tmp_path / "nope", "--precision", "fp16"]))

@@ -150,7 +150,7 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
 
 
 def test_trained_checkpoint_exports_with_its_text_table(tiny_teacher, tmp_path):
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
     from disca.runtime import Pipeline
 
     teacher = load_checkpoint(tiny_teacher, require_predictor=False)
@@ -163,7 +163,7 @@ def test_trained_checkpoint_exports_with_its_text_table(tiny_teacher, tmp_path):
     ranges = {"batch": [1, 1, 2], "frames": [1, 2, 2], "height": [4, 8, 8], "width": [4, 8, 8], "text_len": [1, 5, 5]}
     from disca.spec import ShapeRanges
 
-    out = export_bundle(ck.cfg, ck.dit, ck.predictor, tmp_path / "b", text=ck.text, ranges=ShapeRanges(**ranges))
+    out = build_bundle(ck.cfg, ck.dit, ck.predictor, tmp_path / "b", text=ck.text, ranges=ShapeRanges(**ranges))
     with Pipeline.load(out) as pipe:
         emb = pipe.embed_prompt("a red circle moving left")
         expected = teacher.text.encode(["a red circle moving left"])[0].detach().numpy()

@@ -19,15 +19,17 @@ def clean_errors(fn):
         except DiscaError as e:
             raise click.ClickException(str(e)) from None
         except ModuleNotFoundError as e:
+            root = (e.name or "").split(".")[0]
             extra = {
                 "torch": "torch",
-                "onnx": "torch",
                 "onnxscript": "torch",
                 "safetensors": "torch",
+                "matplotlib": "plot",
                 "onnxruntime": "cpu",  # or gpu
                 "polygraphy": "tensorrt",
-            }.get((e.name or "").split(".")[0])
+            }.get(root)
             hint = f": pip install 'disca[{extra}]'" if extra else ""
+            hint = ": pip install onnx (a dependency of disca itself)" if root == "onnx" else hint
             raise click.ClickException(
                 f"this command needs the package {e.name!r}, which is not installed{hint}"
             ) from None

@@ -44,13 +44,15 @@ def main(
     out_dir,
     as_json,
 ):
-    """Run every policy at several anchor budgets on BUNDLE (default: the shipped demo) and write
-    bench.md, bench.json and bench.png (quality vs measured speedup, one curve per policy).
+    """Run every policy at several anchor budgets on BUNDLE (a bundle directory, or `demo`, the default:
+    the demo model shipped with disca) and write bench.md, bench.json and bench.png (quality vs
+    measured speedup, one curve per policy).
 
     \b
     Examples:
-      disca-bench --samples 16
-      disca-bench bundles/student --anchors 10,8,6,4 --prompts prompts.txt --teacher bundles/teacher
+      disca-bench --samples 2 --anchors 8 --policies disca,reuse --out bench-quick
+      disca-bench --samples 16                                        # needs minutes on CPU
+      disca-bench bundles/student --anchors 10,8,6 --prompts prompts.txt --teacher bundles/teacher  # needs bundles
     """
     from disca.benchmark import BENCH_SEED, markdown, plot, run_benchmark
     from disca.bundle import Bundle

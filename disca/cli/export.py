@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from disca.bundle import Bundle
+from disca.bundle import Bundle, resolve_bundle
 from disca.cli._common import clean_errors, parse_range
 from disca.spec import DIMS, ShapeRanges
 
@@ -24,7 +24,12 @@ PRECISIONS = ("fp32", "fp16", "fp8")  # kept in step with disca.exporter.precisi
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="disca")
 def main():
-    """Export DisCa models to bundles of two ONNX graphs, and inspect bundles."""
+    """Export DisCa models to bundles of two ONNX graphs, and inspect bundles.
+
+    A BUNDLE argument is a bundle directory, or `demo` for the demo model shipped with disca
+    (a directory named `demo` in the current directory takes precedence). The shipped demo is
+    read-only: the commands that write into a bundle need a copy of it.
+    """
 
 
 @main.command("onnx")
@@ -94,10 +99,10 @@ def onnx_cmd(
 
     \b
     Examples:
-      disca-export onnx --preset demo --out bundles/demo
-      disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8
-      disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20
-      disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan
+      disca-export onnx --preset demo --out bundles/untrained                  # needs torch, a minute or two
+      disca-export onnx --checkpoint runs/student --out bundles/student --precision fp32,fp16,fp8   # needs a checkpoint
+      disca-export onnx --checkpoint runs/student --out bundles/student --frames 4:16 --opset 20   # needs a checkpoint
+      disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan  # needs Wan
     """
     if sum(x is not None for x in (preset, checkpoint, source)) != 1:
         raise click.UsageError("give exactly one of --preset NAME, --checkpoint DIR or --from diffusers:PATH")
@@ -111,7 +116,7 @@ def onnx_cmd(
             choices = ", ".join(PRECISIONS)
             raise click.BadParameter(f"{p!r} is not a precision; choose from {choices}", param_hint="--precision")
 
-    from disca.exporter import export_bundle
+    from disca.build import build_bundle
     from disca.models import build, load_checkpoint, randomize_
     from disca.models import preset as get_preset
 
@@ -153,7 +158,7 @@ def onnx_cmd(
             default = [max(p, v // p * p) for v in default]
         ranges[dim] = parse_range(given[dim], dim.replace("_", "-"), default[1]) if given[dim] else default
     console = Console(stderr=True)
-    export_bundle(
+    build_bundle(
         cfg,
         dit,
         predictor,
@@ -200,11 +205,12 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
 
     \b
     Examples:
-      disca-export build bundles/student --precision fp16
-      disca-export build bundles/student --precision fp8 --static
+      disca-export build bundles/student --precision fp16           # needs a GPU with TensorRT
+      disca-export build bundles/student --precision fp8 --static   # needs a GPU with TensorRT
     """
     from disca.exporter.tensorrt_build import build_engines
 
+    resolve_bundle(bundle, write=True)
     names = default_graphs(Bundle.open(bundle).manifest) if graphs is None else graphs.split(",")
     names = [g.strip() for g in names if g.strip()]
     for g in names:
@@ -264,7 +270,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
     from disca.runtime.schedule import calibrated_reuse_gaps
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(resolve_bundle(bundle, write=True))
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
     split = lambda text: {x.strip() for x in text.split(",") if x.strip()}  # noqa: E731
@@ -323,7 +329,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     from disca.calibration.teacache import calibrate_teacache
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(resolve_bundle(bundle, write=True))
     if "first" not in b.manifest["graphs"]:
         raise click.UsageError(f"bundle {bundle} has no probe graph (`first`): re-export it with this disca version")
     cal = _calibration_set(b, prompts, samples)
@@ -371,7 +377,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
     from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(resolve_bundle(bundle, write=not no_write))
     steps = steps or b.schedule.steps
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
@@ -383,6 +389,9 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         )
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
+    no_plot = "" if _importable("matplotlib") else " (no PNG: matplotlib is not installed, pip install 'disca[plot]')"
+    if no_plot:
+        console.print(f"the report will be written{no_plot}", markup=False)
     adherence = None
     if uses_task_vocabulary(b):
         from disca.task import score
@@ -417,7 +426,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         table = gaps.markdown_table(cached_steps["errors"]) + "\n\n" + table
     (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
     (report_dir / "schedule_search.md").write_text(table + "\n")
-    plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
+    if not no_plot:
+        plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
     if not no_write:
         from disca.engines import write_manifest
 
@@ -444,7 +454,15 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
         else:
             where = f"stored the searched lists (K = 1..{steps}) in {b.path}"
             where += f", anchors {chosen} as its default schedule" if chosen else ""
-        click.echo(f"{where}; report in {report_dir}/")
+        click.echo(f"{where}; report in {report_dir}/{no_plot}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
 
 
 @main.command("validate")
@@ -458,6 +476,11 @@ def validate_cmd(bundle, backends, prompts, samples, as_json):
     """Check BUNDLE before deploying it: every graph variant on every backend against the fp32
     reference (two shapes), and DisCa end to end against all-full sampling, with the thresholds
     stored in the manifest. Exits non-zero when anything fails.
+
+    \b
+    Examples:
+      disca-export validate demo
+      disca-export validate bundles/student --backend onnxruntime,torch --json   # needs a bundle with weights
     """
     from disca.calibration.validation import validate_bundle
 
@@ -511,6 +534,11 @@ def inspect_cmd(bundle, as_json):
     """Show a bundle's graphs, I/O, shape ranges, parameter counts and schedule, and verify its files' hashes.
 
     Exits non-zero if a file does not match its sha256.
+
+    \b
+    Examples:
+      disca-export inspect demo
+      disca-export inspect demo --json
     """
     b = Bundle.open(bundle)
     hashes = b.verify_hashes()

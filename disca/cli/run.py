@@ -71,7 +71,13 @@ from disca.runtime.video import check_path, write
 @click.option("--fps", default=8, show_default=True)
 @click.option("--upscale", default=1, show_default=True, help="Integer upscaling of the written video frames.")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run statistics as one JSON object (no progress bar).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the run statistics as one JSON object (no progress bar): per graph (full, predictor, head, "
+    "first) <graph>_calls and ms_per_<graph>; cached_calls (predictor + head), overhead_ms, total_ms, per_step.",
+)
 @clean_errors
 def main(
     bundle,
@@ -100,16 +106,20 @@ def main(
     verify,
     as_json,
 ):
-    """Generate a video from BUNDLE (default: the demo model shipped with disca): anchor steps run
-    the full DiT, the others the cache predictor.
+    """Generate a video from BUNDLE: anchor steps run the full DiT, the others the cache predictor
+    (or, on the gaps where the bundle's calibration found it closer, the cache through the DiT's head).
+
+    BUNDLE is a bundle directory, or `demo` (the default): the demo model shipped with disca; a
+    directory named `demo` in the current directory takes precedence.
 
     \b
     Examples:
-      disca-run bundles/demo --prompt "a red circle moving left" --out clip.gif
-      disca-run bundles/demo --prompt "a red circle moving left" --schedule full --json
-      disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
-      disca-run bundles/demo --prompt "..." --anchors 5
-      disca-run bundles/demo --prompt "..." --backend tensorrt --precision fp8
+      disca-run --prompt "a red circle moving left" --out clip.gif --upscale 4
+      disca-run demo --prompt "a red circle moving left" --schedule full --json
+      disca-run demo --prompt "a blue square moving up" --steps 10 --schedule 0,1,3,6
+      disca-run demo --prompt "a green triangle moving right" --anchors 5 --policy disca-predictor
+      disca-run bundles/student --prompt "a red circle" --backend torch        # needs a bundle with weights
+      disca-run bundles/student --prompt "a red circle" --backend tensorrt --precision fp8   # needs TensorRT engines
     """
     if bundle is None:
         bundle = demo_bundle()
@@ -189,15 +199,19 @@ class _progress:
             transient=False,
         )
 
+        self.task = None
+
     def __enter__(self):
-        self.bar.start()
-        self.task = self.bar.add_task("denoise", total=self.steps, last="")
         return self.on_step
 
     def __exit__(self, *exc):
-        self.bar.stop()
+        if self.task is not None:
+            self.bar.stop()
 
     def on_step(self, step: int, graph: str, ms: float) -> None:
+        if self.task is None:  # started by the first step, so that input errors never follow an empty bar
+            self.bar.start()
+            self.task = self.bar.add_task("denoise", total=self.steps, last="")
         full = graph == "full"
         self.counts["full" if full else "cached"] += 1
         kind = "[red]full[/red]" if full else "[cyan]cached[/cyan]"
@@ -205,14 +219,21 @@ class _progress:
         self.bar.update(self.task, advance=1, last=last)
 
 
+GRAPH_NAMES = {  # the --json fields <graph>_calls / ms_per_<graph>, as the summary table names them
+    "full": "full (the DiT)",
+    "predictor": "predictor (cached)",
+    "head": "head (cached, reused)",
+    "first": "first (probe, block 0)",
+}
+
+
 def _print_summary(s: dict, out) -> None:
-    table = Table("", "calls", "ms / call", "ms total", title=f"{s['backend']} · {s['policy']} · {s['steps']} steps")
-    rows = [("full DiT", s["full_calls"], s["ms_per_full"])]
-    rows += [(graph, g["calls"], g["ms_per_call"]) for graph, g in s["cached_graphs"].items()]
-    if s["probe_calls"]:
-        rows.append(("probe (block 0)", s["probe_calls"], s["ms_per_probe"]))
-    for name, calls, per in rows:
-        table.add_row(name, str(calls), f"{per:.2f}" if per else "-", f"{calls * per:.1f}" if per else "-")
+    title = f"{s['backend']} · {s['policy']} · {s['steps']} steps"
+    table = Table("graph", "calls", "ms / call", "ms total", title=title)
+    for graph, name in GRAPH_NAMES.items():
+        calls, per = s[f"{graph}_calls"], s[f"ms_per_{graph}"]
+        if calls:
+            table.add_row(name, str(calls), f"{per:.2f}", f"{calls * per:.1f}")
     table.add_row("runtime overhead", "", "", f"{s['overhead_ms']:.2f}")
     table.add_row("total", "", "", f"{s['total_ms']:.1f}")
     console = Console()

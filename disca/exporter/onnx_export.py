@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,12 +25,11 @@ import torch
 import disca
 from disca._atomic import atomic_directory
 from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry
-from disca.errors import ShapeError
+from disca.errors import ConfigError, ShapeError
 from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
 from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph
-from disca.runtime.schedule import DEFAULT_SCHEDULE
-from disca.spec import DIMS, GraphSpec, ShapeRanges, dummy_inputs, export_shapes, graph_specs
+from disca.spec import GraphSpec, ShapeRanges, dummy_inputs, export_shapes, graph_specs
 
 TEXT_TABLE = "text_embedding.npy"
 OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14); 20: decomposed
@@ -105,68 +105,6 @@ def _validation(tolerance: dict, shapes, parity) -> dict:
     }
 
 
-def calibration_inputs(cfg: ModelConfig, dit, predictor, text, ranges: ShapeRanges, schedule: Schedule, n: int = 4):
-    """Both graphs' inputs over `n` real sampling runs of the model at the ranges' optimum shape.
-
-    Texts are random word sequences of the model's vocabulary (random embeddings without one).
-    """
-    from disca.calibration.trajectories import record_inputs
-    from disca.runtime.backends.torch_backend import TorchBackend
-
-    rng = np.random.default_rng(0)
-    C = cfg.dit.in_channels
-    frames, height, width, text_len = (getattr(ranges, d)[1] for d in ("frames", "height", "width", "text_len"))
-    latents = [rng.standard_normal((1, C, frames, height, width), dtype=np.float32) for _ in range(n)]
-    if text is not None:
-        with torch.no_grad():
-            ids = torch.from_numpy(rng.integers(1, len(cfg.vocab), size=(n, 1, text_len)))
-            texts = [text.table(i).numpy() for i in ids]
-    else:
-        texts = [rng.standard_normal((1, text_len, cfg.dit.text_dim), dtype=np.float32) for _ in range(n)]
-    backend = TorchBackend.from_modules(dit, predictor)
-    return record_inputs(backend, latents, texts, steps=schedule.steps, shift=schedule.shift, anchors=schedule.anchors)
-
-
-def end_to_end_psnr(bundle_dir: Path, precision: str, schedule: Schedule, ranges: ShapeRanges, seed: int = 0) -> float:
-    """PSNR (dB) of a DisCa run on ORT CPU with the `precision` graphs against the same run in FP32."""
-    from disca.bundle import Bundle
-    from disca.metrics import psnr
-    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from disca.runtime.sampler import denoise
-    from disca.runtime.schedule import DiscaPolicy
-
-    bundle = Bundle.open(bundle_dir)
-    rng = np.random.default_rng(seed)
-    dims = {d: getattr(ranges, d)[1] for d in DIMS}
-    latent = rng.standard_normal((1, bundle.channels, dims["frames"], dims["height"], dims["width"]), dtype=np.float32)
-    text = rng.standard_normal((1, dims["text_len"], bundle.text_dim), dtype=np.float32)
-    outs = []
-    for p in ("fp32", precision):
-        with OnnxRuntimeBackend(bundle, precision=p) as backend:
-            out, _ = denoise(
-                backend, latent, text, steps=schedule.steps, shift=schedule.shift, policy=DiscaPolicy(schedule.anchors)
-            )
-        outs.append(out)
-    return psnr(outs[1], outs[0])
-
-
-def teacache_fit(bundle_dir: Path, log, samples: int = 4) -> dict | None:
-    """TeaCache's rescaling polynomial from all-full runs of the exported fp32 graphs on ORT CPU."""
-    from disca.bundle import Bundle
-    from disca.calibration.teacache import default_set, fit_teacache
-    from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
-
-    bundle = Bundle.open(bundle_dir)
-    cal = default_set(bundle, samples)
-    if cal is None:
-        log("  teacache: no built-in prompts for this vocabulary: fit it with `disca-export teacache --prompts`")
-        return None
-    with OnnxRuntimeBackend(bundle) as backend:
-        record = fit_teacache(backend, cal, steps=bundle.schedule.steps, shift=bundle.schedule.shift)
-    log(f"  teacache: rescaling polynomial fitted on {record['points']} step pairs of {samples} runs")
-    return record
-
-
 def export_bundle(
     cfg: ModelConfig,
     dit,
@@ -176,19 +114,24 @@ def export_bundle(
     text=None,
     opset: int = 23,
     ranges: ShapeRanges | None = None,
-    schedule: Schedule = DEFAULT_SCHEDULE,
+    schedule: Schedule,
     precisions=("fp32",),
     weights_note: str = "",
     include_weights: bool = True,
     verbose: bool = False,
     log=lambda msg: None,
+    fp8_inputs: Callable[[], dict] | None = None,
+    finish: Callable[[Path, dict], None] | None = None,
 ) -> Path:
     """Export, validate and write a bundle to `out`. -> the bundle path.
 
     `text`: the model's learned WordEmbedding, if any: its table goes into the bundle
     so that the runtime embeds prompts without torch.
     `precisions`: fp32 always, plus fp16 / fp8 variants of both graphs (see `precision.py`),
-    each validated against PyTorch; FP8 ranges come from real sampling runs ("max" calibration).
+    each validated against PyTorch; FP8 ranges ("max" calibration) come from `fp8_inputs()`:
+    {"full": [...], "predictor": [...]} graph inputs recorded from real sampling runs.
+    `finish(directory, manifest)`: runs on the bundle as written, before it is renamed into
+    place, and may add to the manifest (the TeaCache fit, end-to-end figures: `disca.build`).
     """
     import onnx
     import onnxruntime as ort
@@ -201,6 +144,8 @@ def export_bundle(
     if unknown:
         raise ShapeError(f"unknown precision {unknown[0]!r}; choose from {', '.join(prec.PRECISIONS)}")
     extra = [p for p in prec.PRECISIONS[1:] if p in precisions]
+    if "fp8" in extra and fp8_inputs is None:
+        raise ConfigError("an fp8 variant needs recorded graph inputs (fp8_inputs): export with disca.build")
     ranges = ranges or ShapeRanges()
     patch = tuple(cfg.dit.patch_size)
     ranges.validate(patch)
@@ -233,7 +178,7 @@ def export_bundle(
         calib = None
         if "fp8" in extra:
             log("recording FP8 calibration inputs from real sampling runs...")
-            calib = calibration_inputs(cfg, dit, predictor, text, ranges, schedule)
+            calib = fp8_inputs()
         for name, spec in specs.items():
             src = tmp / f"{name}.onnx"
             fp16 = prec.to_fp16(onnx.load(str(src))) if extra else None
@@ -286,14 +231,9 @@ def export_bundle(
             },
         }
         write_manifest(tmp, manifest)
-        if probe:  # needs the bundle as written, too
-            manifest["teacache"] = teacache_fit(tmp, log)
-        for p in extra:  # needs the bundle as written: the runtime's own sampler on ORT CPU
-            db = end_to_end_psnr(tmp, p, schedule, ranges)
-            log(f"  end to end ({p} vs fp32 DisCa on ORT CPU): PSNR {db:.1f} dB")
-            for g in graphs.values():
-                g["variants"][p]["validation"]["end_to_end_psnr_db"] = db
-        write_manifest(tmp, manifest)
+        if finish is not None:
+            finish(tmp, manifest)
+            write_manifest(tmp, manifest)
     return Path(out)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from disca.runtime.text import Vocabulary
+from disca.vocab import Vocabulary
 
 
 class WordEmbedding(nn.Module):

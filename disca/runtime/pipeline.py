@@ -1,24 +1,12 @@
-"""The public Python API: load a bundle on a backend, then generate or denoise.
-
-from disca.runtime import Pipeline
-
-with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
-    result = pipe.generate("a red circle moving left", seed=0)
-    result.video      # (B, C, F, H, W) float32 latent (RGB in [-1, 1] for pixel-space models)
-    result.stats      # RunStats: full / predictor calls, ms per call, overhead
-
-    # your own text encoder and VAE around disca's denoising loop:
-    latent, stats = pipe.denoise(noise, text_embeddings, steps=20, anchors=[0, 1, 2, 5, 9, 13, 17, 19])
-"""
+"""The public Python API: load a bundle on a backend, then generate or denoise (see `Pipeline`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from disca.bundle import Bundle
+from disca.bundle import SHIPPED_DEMO, Bundle, shipped_demo
 from disca.errors import BundleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
@@ -31,26 +19,40 @@ from disca.runtime.schedule import (
     check_anchors,
     make_policy,
 )
-from disca.runtime.text import Vocabulary, hash_embed
+from disca.runtime.text import hash_embed
+from disca.vocab import Vocabulary
 
-DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
-
-
-def demo_bundle() -> Path:
-    """The bundle of the trained demo model that ships inside the package."""
-    if not (DEMO_BUNDLE / "manifest.json").is_file():
-        raise BundleError(f"this install has no demo bundle at {DEMO_BUNDLE}: give a BUNDLE path")
-    return DEMO_BUNDLE
+DEMO_BUNDLE = SHIPPED_DEMO  # the trained demo model, shipped in the package
+demo_bundle = shipped_demo  # its path; `Pipeline.load("demo")` opens it
 
 
 @dataclass
 class Result:
-    video: np.ndarray  # (B, C, F, H, W) final latent
+    video: np.ndarray  # (B, C, F, H, W) float32 final latent, as the model produced it (not clipped)
     stats: RunStats
     anchors: list[int] | None  # None for an all-full run
 
 
 class Pipeline:
+    """A bundle on a backend: prompt (or your text embeddings) -> denoised latent, with DisCa's schedule.
+
+    Open one with `Pipeline.load(path)`, where `path` is a bundle directory or "demo", the demo
+    model shipped with disca (a directory named "demo" takes precedence); close it, or use `with`.
+
+        with Pipeline.load("demo") as pipe:
+            result = pipe.generate("a red circle moving left", seed=0)
+            result.video  # (1, 3, 8, 32, 32) = (B, C, F, H, W) float32, the final latent
+            result.stats  # RunStats: calls and ms per graph (full, predictor, head, first), overhead
+
+            # your own initial latent and text encoder (and VAE after):
+            noise = np.random.default_rng(0).standard_normal(pipe.latent_shape())  # generate(seed=0)'s noise
+            text = pipe.embed_prompt("a red circle moving left")[None]  # (1, L, Dt): (B, words, text width)
+            latent, stats = pipe.denoise(noise, text, anchors=[0, 1, 2, 5, 9, 13, 17, 19])
+
+    The latent's default shape is the bundle's optimum (`latent_shape()`); any shape inside the
+    bundle's validated ranges runs (`disca-export inspect` lists them).
+    """
+
     def __init__(self, bundle: Bundle, backend: Backend):
         self.bundle = bundle
         self.backend = backend
@@ -86,6 +88,14 @@ class Pipeline:
         if self.text_table is None:
             raise BundleError(f"bundle {self.bundle.path} has no text table, so no null prompt for CFG")
         return self.text_table[np.zeros(length, dtype=np.int64)]
+
+    def latent_shape(
+        self, frames: int | None = None, height: int | None = None, width: int | None = None, batch: int = 1
+    ) -> tuple[int, int, int, int, int]:
+        """(B, C, F, H, W) of a latent; unset sizes are the bundle's optimum (the middle of its ranges)."""
+        ranges = self.bundle.ranges
+        frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
+        return batch, self.bundle.channels, frames, height, width
 
     # ---------------------------------------------------------------- sampling
 
@@ -166,9 +176,7 @@ class Pipeline:
         text = self.embed_prompt(prompt) if prompt is not None else np.asarray(text_embeddings, np.float32)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
-        ranges = self.bundle.ranges
-        frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
-        noise = np.random.default_rng(seed).standard_normal((batch, self.bundle.channels, frames, height, width))
+        noise = np.random.default_rng(seed).standard_normal(self.latent_shape(frames, height, width, batch))
         anchors = self._anchors(steps or self.bundle.schedule.steps, anchors)
         latent, stats = self.denoise(
             noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, threshold=threshold, on_step=on_step

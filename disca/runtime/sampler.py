@@ -18,55 +18,60 @@ from disca.errors import NonFiniteError
 from disca.runtime.backends.base import Backend
 from disca.runtime.schedule import Policy, sigmas
 
+GRAPHS = ("full", "predictor", "head", "first")  # every graph a step can call, as the statistics name them
+
 
 @dataclass
 class RunStats:
+    """What a run called: per graph, calls and time. `first` is the probe of the threshold caches
+    (embedders + block 0), a partial pass run before a step decides; `predictor` and `head` run the
+    cached steps (DisCa's reuse gaps and the training-free caches run the head)."""
+
     backend: str
     policy: str
     steps: int
-    full_calls: int = 0
-    full_ms: float = 0.0  # time inside full-graph calls, summed
-    probe_calls: int = 0  # partial passes of the threshold caches (the `first` graph: embedders + block 0)
-    probe_ms: float = 0.0
     total_ms: float = 0.0  # the whole loop
     per_step: list = field(default_factory=list)  # (step, "full" | "predictor" | "head", ms, probe ms)
-    cached_graph: str = "predictor"  # the policy's main cached graph
-    graphs: dict = field(default_factory=dict)  # cached steps per graph that ran them: {graph: [calls, ms]}
+    graphs: dict = field(default_factory=dict)  # {graph: [calls, ms summed]}
+
+    def add(self, graph: str, ms: float, calls: int = 1) -> None:
+        entry = self.graphs.setdefault(graph, [0, 0.0])
+        entry[0] += calls
+        entry[1] += ms
+
+    def calls(self, graph: str) -> int:
+        return self.graphs.get(graph, (0, 0.0))[0]
+
+    def ms(self, graph: str) -> float:
+        """Time inside calls of `graph`, summed."""
+        return self.graphs.get(graph, (0, 0.0))[1]
+
+    full_calls = property(lambda self: self.calls("full"))
+    predictor_calls = property(lambda self: self.calls("predictor"), doc="Predictor calls only (not the head).")
+    head_calls = property(lambda self: self.calls("head"))
+    first_calls = property(lambda self: self.calls("first"))
 
     @property
-    def predictor_calls(self) -> int:
-        """Cached steps, whichever graph ran them."""
-        return sum(calls for calls, _ in self.graphs.values())
-
-    @property
-    def predictor_ms(self) -> float:
-        """Time inside cached-step calls, summed."""
-        return sum(ms for _, ms in self.graphs.values())
+    def cached_calls(self) -> int:
+        """Cached steps, whichever graph ran them (predictor + head)."""
+        return self.predictor_calls + self.head_calls
 
     @property
     def overhead_ms(self) -> float:
         """Time in the loop outside backend calls (updates, checks, bookkeeping)."""
-        return self.total_ms - self.full_ms - self.predictor_ms - self.probe_ms
+        return self.total_ms - sum(ms for _, ms in self.graphs.values())
 
     def to_dict(self) -> dict:
-        ms_full = self.full_ms / self.full_calls if self.full_calls else None
-        ms_pred = self.predictor_ms / self.predictor_calls if self.predictor_calls else None
-        return {
-            "backend": self.backend,
-            "policy": self.policy,
-            "cached_graph": self.cached_graph,
-            "steps": self.steps,
-            "full_calls": self.full_calls,
-            "predictor_calls": self.predictor_calls,
-            "ms_per_full": ms_full,
-            "ms_per_predictor": ms_pred,
-            "cached_graphs": {g: {"calls": c, "ms_per_call": ms / c} for g, (c, ms) in self.graphs.items()},
-            "probe_calls": self.probe_calls,
-            "ms_per_probe": self.probe_ms / self.probe_calls if self.probe_calls else None,
-            "overhead_ms": self.overhead_ms,
-            "total_ms": self.total_ms,
-            "per_step": [{"step": s, "graph": g, "ms": ms, "probe_ms": pm} for s, g, ms, pm in self.per_step],
-        }
+        out = {"backend": self.backend, "policy": self.policy, "steps": self.steps}
+        for g in GRAPHS:
+            n = self.calls(g)
+            out[f"{g}_calls"], out[f"ms_per_{g}"] = n, (self.ms(g) / n if n else None)
+        cached_ms = self.ms("predictor") + self.ms("head")
+        out["cached_calls"] = self.cached_calls
+        out["ms_per_cached"] = cached_ms / self.cached_calls if self.cached_calls else None
+        out["overhead_ms"], out["total_ms"] = self.overhead_ms, self.total_ms
+        out["per_step"] = [{"step": s, "graph": g, "ms": ms, "probe_ms": pm} for s, g, ms, pm in self.per_step]
+        return out
 
 
 def denoise(
@@ -83,7 +88,7 @@ def denoise(
     sig = sigmas(steps, shift).astype(np.float32)
     policy.reset(steps)
     batch = latent.shape[0]
-    stats = RunStats(backend.name, policy.name, steps, cached_graph=policy.cached_graph)
+    stats = RunStats(backend.name, policy.name, steps)
     times = [backend.asarray(np.full(batch, s, dtype=np.float32)) for s in sig]  # built once, off the loop
     start = time.perf_counter()
     x = backend.asarray(latent)
@@ -97,8 +102,7 @@ def denoise(
             probe = backend.first(x, t, r, text)
             backend.synchronize()
             probe_ms = (time.perf_counter() - t0) * 1e3
-            stats.probe_calls += 1
-            stats.probe_ms += probe_ms
+            stats.add("first", probe_ms)
         full = policy.is_full(i, probe)
         graph = "full" if full else policy.cached_graph_at(i)
         t0 = time.perf_counter()
@@ -109,12 +113,7 @@ def denoise(
             u = policy.cached_velocity(backend, i, float(sig[i]), x, t, r, text, cache)
         backend.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
-        if full:
-            stats.full_calls += 1
-            stats.full_ms += ms
-        else:
-            calls, total = stats.graphs.get(graph, (0, 0.0))
-            stats.graphs[graph] = [calls + 1, total + ms]
+        stats.add(graph, ms)
         stats.per_step.append((i, graph, ms, probe_ms))
         if not backend.isfinite(u) or (full and not backend.isfinite(cache)):
             raise NonFiniteError(f"step {i}: the {graph} graph produced NaN or Inf")
@@ -149,8 +148,7 @@ def denoise_cfg(
         cond, _ = backend.full(x, t, t, text)
         uncond, _ = backend.full(x, t, t, null_text)
         backend.synchronize()
-        stats.full_calls += 2
-        stats.full_ms += (time.perf_counter() - t0) * 1e3
+        stats.add("full", (time.perf_counter() - t0) * 1e3, calls=2)
         x = x + float(sig[i + 1] - sig[i]) * (uncond + guidance * (cond - uncond))
     out = backend.to_numpy(x)
     stats.total_ms = (time.perf_counter() - start) * 1e3

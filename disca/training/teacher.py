@@ -8,12 +8,12 @@ import torch
 from disca.models import ModelConfig, VideoDiT
 from disca.models.checkpoint import Checkpoint
 from disca.models.text import WordEmbedding
-from disca.runtime.text import NULL
 from disca.task import VOCAB, sample_batch
 from disca.training.evaluation import eval_teacher
 from disca.training.flow import logit_normal, noisy
 from disca.training.loop import TrainArgs, train
 from disca.training.state import resume_point
+from disca.vocab import NULL
 
 
 def teacher_config(base: ModelConfig) -> ModelConfig:
