@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from disca.errors import DiscaError
+from disca.errors import BundleError, DiscaError
 from disca.runtime.pipeline import Pipeline
 from disca.serving.requests import ClipRequest, parse_request
 
@@ -71,3 +71,15 @@ class ClipRunner:
         encoded = np.array([[json.dumps(stats).encode()]], dtype=np.object_)
         no_error = np.array([[b""]], dtype=np.object_)
         return [{"video": result.video[j : j + 1], "stats": encoded, "error": no_error} for j in range(len(chunk))]
+
+
+def load_runner(bundle, backend: str = "onnxruntime", backend_options: dict | None = None) -> ClipRunner:
+    """One model instance: a Pipeline on the backend, warmed up by one clip at the bundle's opt shape."""
+    pipe = Pipeline.load(bundle, backend=backend, **(backend_options or {}))
+    runner = ClipRunner(pipe)
+    text = np.zeros((1, pipe.bundle.ranges.text_len[1], pipe.bundle.text_dim), np.float32)
+    (warm,) = runner([{"text_embeddings": text}])
+    if warm["error"][0, 0]:
+        pipe.close()
+        raise BundleError(f"the warm-up run on {bundle} failed: {warm['error'][0, 0].decode()}")
+    return runner

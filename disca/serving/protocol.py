@@ -28,11 +28,6 @@ class TensorDef:
             self.dtype
         ]
 
-    @property
-    def wire_dtype(self) -> str:
-        """The datatype name of the KServe v2 protocol (tritonclient's InferInput)."""
-        return {"TYPE_STRING": "BYTES", "TYPE_FP32": "FP32", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64"}[self.dtype]
-
 
 # Exactly one of prompt / text_embeddings; the rest default to the bundle's schedule and opt shape.
 INPUTS = (

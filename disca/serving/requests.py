@@ -76,7 +76,8 @@ def parse_request(pipe: Pipeline, inputs: dict) -> ClipRequest:
     else:
         text = np.asarray(inputs["text_embeddings"], np.float32)[0]
         if text.ndim != 2 or text.shape[1] != bundle.text_dim:
-            raise RequestError(f"text_embeddings must be [L, {bundle.text_dim}] for this bundle, got {list(text.shape)}")
+            want = f"[L, {bundle.text_dim}]"
+            raise RequestError(f"text_embeddings must be {want} for this bundle, got {list(text.shape)}")
         if not np.isfinite(text).all():
             raise RequestError("text_embeddings contain NaN or Inf")
 

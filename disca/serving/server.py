@@ -14,11 +14,8 @@ import signal
 import sysconfig
 from dataclasses import dataclass
 
-import numpy as np
-
 from disca.errors import BackendUnavailable
-from disca.runtime.pipeline import Pipeline
-from disca.serving.batching import ClipRunner
+from disca.serving.batching import load_runner
 from disca.serving.protocol import INPUTS, MODEL_NAME, OUTPUTS
 
 log = logging.getLogger("disca.serving")
@@ -59,22 +56,11 @@ def _pytriton():
     return DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig
 
 
-def load_runner(opts: ServeOptions) -> ClipRunner:
-    """One instance: a Pipeline on the backend, warmed up by one clip at the bundle's opt shape."""
-    pipe = Pipeline.load(opts.bundle, backend=opts.backend, **(opts.backend_options or {}))
-    runner = ClipRunner(pipe)
-    text = np.zeros((1, pipe.bundle.ranges.text_len[1], pipe.bundle.text_dim), np.float32)
-    (warm,) = runner([{"text_embeddings": text}])
-    if warm["error"][0, 0]:
-        raise RuntimeError(f"the warm-up run failed: {warm['error'][0, 0].decode()}")
-    return runner
-
-
 def start(opts: ServeOptions):
     """Load and warm up the instances, then start Triton and load the model. -> the running `Triton`
     (stop it with `.stop()`); ready on /v2/health/ready when this returns."""
     DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
-    runners = [load_runner(opts) for _ in range(opts.instances)]
+    runners = [load_runner(opts.bundle, opts.backend, opts.backend_options) for _ in range(opts.instances)]
     max_batch = opts.max_batch or runners[0].max_batch
     python_library_env()
     config = TritonConfig(
@@ -118,16 +104,20 @@ def stop(triton) -> None:
 
 def serve(opts: ServeOptions, on_ready=None) -> None:
     """Serve until SIGTERM or Ctrl-C, then drain the requests in flight and return."""
-    triton = start(opts)
 
     def _interrupt(signum, frame):
-        raise KeyboardInterrupt  # PyTriton's serve loop stops on it, draining in-flight requests
+        raise KeyboardInterrupt  # PyTriton's serve loop stops on it, draining the requests in flight
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # before start: a SIGTERM while loading also exits cleanly
+    triton = None
     try:
+        triton = start(opts)
         if on_ready is not None:
             on_ready()
         triton.serve()  # returns after a stop (it catches the KeyboardInterrupt)
+    except KeyboardInterrupt:
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        stop(triton)
+        if triton is not None:
+            stop(triton)
