@@ -72,6 +72,8 @@ from disca.runtime.video import check_path, write
 @click.option("--upscale", default=1, show_default=True, help="Integer upscaling of the written video frames.")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run statistics as one JSON object (no progress bar).")
+@click.option("--server", help="Run on a disca Triton server (disca-serve) at HOST:PORT instead of locally.")
+@click.option("--grpc", is_flag=True, help="With --server: talk gRPC (HOST:GRPC_PORT) rather than HTTP.")
 @clean_errors
 def main(
     bundle,
@@ -99,6 +101,8 @@ def main(
     upscale,
     verify,
     as_json,
+    server,
+    grpc,
 ):
     """Generate a video from BUNDLE (default: the demo model shipped with disca): anchor steps run
     the full DiT, the others the cache predictor.
@@ -110,8 +114,9 @@ def main(
       disca-run bundles/demo --prompt "..." --steps 10 --schedule 0,1,3,6 --backend torch
       disca-run bundles/demo --prompt "..." --anchors 5
       disca-run bundles/demo --prompt "..." --backend tensorrt --precision fp8
+      disca-run --server localhost:8000 --prompt "a red circle moving left" --out clip.gif
     """
-    if bundle is None:
+    if bundle is None and server is None:
         bundle = demo_bundle()
     if (prompt is None) == (text_embeddings is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
@@ -121,6 +126,12 @@ def main(
         check_path(out)
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
     anchors = budget if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
+    if server is not None:
+        if bundle is not None or batch != 1:
+            raise click.UsageError("with --server the server's bundle runs, one clip per request: drop BUNDLE, --batch")
+        request = dict(steps=steps, shift=shift, anchors=budget, schedule=schedule, policy=policy, threshold=threshold)
+        result = _remote(server, grpc, prompt, embeddings, seed, frames, height, width, **request)
+        return _finish(result, out, fps, upscale, as_json)
     options = _backend_options(backend, providers, threads, precision, cuda_graphs, device)
 
     with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
@@ -141,13 +152,28 @@ def main(
                 batch=batch,
                 on_step=on_step,
             )
+    _finish(result, out, fps, upscale, as_json)
+
+
+def _finish(result, out, fps, upscale, as_json) -> None:
+    """Write the video and print the statistics: a local or a server's result alike."""
     if out is not None:
         write(out, result.video, fps=fps, upscale=upscale)
-    stats = result.stats.to_dict()
+    stats = result.stats if isinstance(result.stats, dict) else result.stats.to_dict()
     if as_json:
         click.echo(json.dumps({**stats, "anchors": result.anchors, "out": str(out) if out else None}))
     else:
         _print_summary(stats, out)
+
+
+def _remote(server, grpc, prompt, embeddings, seed, frames, height, width, **request):
+    """The same request, answered by a disca Triton server (disca-serve, or a `disca-export triton` repository)."""
+    from disca.client import Client
+
+    with Client(server, grpc=grpc) as client:
+        return client.generate(
+            prompt, text_embeddings=embeddings, seed=seed, frames=frames, height=height, width=width, **request
+        )
 
 
 def _backend_options(backend, providers, threads, precision, cuda_graphs, device) -> dict:
