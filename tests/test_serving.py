@@ -25,7 +25,7 @@ pytest.importorskip("pytriton", reason="needs the serve extra: pip install 'disc
 from disca.client import Client, ServerError, request_arrays  # noqa: E402
 from disca.runtime.pipeline import DEMO_BUNDLE, Pipeline  # noqa: E402
 from disca.serving.batching import ClipRunner  # noqa: E402
-from disca.serving.server import ServeOptions, start, stop  # noqa: E402
+from disca.serving.server import ServeOptions, start  # noqa: E402
 
 pytestmark = pytest.mark.serve
 
@@ -67,9 +67,9 @@ def server():
     opts = ServeOptions(
         str(DEMO_BUNDLE), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), exit_timeout_s=5
     )
-    triton = start(opts)
+    running = start(opts)
     yield opts
-    stop(triton)
+    running.stop()
     deadline = time.time() + 10
     while children("tritonserver") and time.time() < deadline:
         time.sleep(0.2)

@@ -41,10 +41,10 @@ class ClipRequest:
         return (self.text.shape, self.frames, self.height, self.width, self.steps, self.shift, anchors, self.policy)
 
 
-def _scalar(inputs: dict, name: str):
-    """The one value of a [1] input, or None when absent."""
+def _scalar(inputs: dict, name: str, default=None):
+    """The one value of a [1] input, or `default` when absent."""
     if name not in inputs:
-        return None
+        return default
     value = np.asarray(inputs[name])
     if value.size != 1:
         raise RequestError(f"input {name!r} must hold one value per request, got shape {value.shape}")
@@ -82,11 +82,13 @@ def parse_request(pipe: Pipeline, inputs: dict) -> ClipRequest:
             raise RequestError("text_embeddings contain NaN or Inf")
 
     schedule = bundle.schedule
-    steps = _scalar(inputs, "steps") or schedule.steps
+    steps = _scalar(inputs, "steps", schedule.steps)
     if steps < 1:
         raise RequestError(f"steps must be at least 1, got {steps}")
-    shift = _scalar(inputs, "shift") or schedule.shift
-    policy = _scalar(inputs, "policy") or "disca"
+    shift = _scalar(inputs, "shift", schedule.shift)
+    if not shift > 0:
+        raise RequestError(f"shift must be positive, got {shift}")
+    policy = _scalar(inputs, "policy", "disca")
     if policy not in POLICIES:
         raise RequestError(f"unknown policy {policy!r}; pick one of {', '.join(POLICIES)}")
     threshold = _scalar(inputs, "threshold")
@@ -113,11 +115,11 @@ def parse_request(pipe: Pipeline, inputs: dict) -> ClipRequest:
         anchors = schedule.anchors
 
     ranges = bundle.ranges
-    frames = _scalar(inputs, "frames") or ranges.frames[1]
-    height = _scalar(inputs, "height") or ranges.height[1]
-    width = _scalar(inputs, "width") or ranges.width[1]
+    frames = _scalar(inputs, "frames", ranges.frames[1])
+    height = _scalar(inputs, "height", ranges.height[1])
+    width = _scalar(inputs, "width", ranges.width[1])
     ranges.check(bundle.patch, frames=frames, height=height, width=width, text_len=text.shape[0])
-    seed = _scalar(inputs, "seed") or 0
+    seed = _scalar(inputs, "seed", 0)
     if not 0 <= seed < 2**63:
         raise RequestError(f"seed must be a non-negative integer, got {seed}")
     return ClipRequest(text, int(seed), int(steps), float(shift), anchors, policy, threshold, frames, height, width)

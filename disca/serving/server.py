@@ -15,7 +15,7 @@ import sysconfig
 from dataclasses import dataclass
 
 from disca.errors import BackendUnavailable
-from disca.serving.batching import load_runner
+from disca.serving.batching import ClipRunner, load_runner
 from disca.serving.protocol import INPUTS, MODEL_NAME, OUTPUTS
 
 log = logging.getLogger("disca.serving")
@@ -56,9 +56,21 @@ def _pytriton():
     return DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig
 
 
-def start(opts: ServeOptions):
-    """Load and warm up the instances, then start Triton and load the model. -> the running `Triton`
-    (stop it with `.stop()`); ready on /v2/health/ready when this returns."""
+@dataclass
+class RunningServer:
+    triton: object  # pytriton.triton.Triton
+    runners: list[ClipRunner]
+
+    def stop(self) -> None:
+        """Drain the requests in flight (up to exit_timeout_s), stop Triton, close the sessions."""
+        self.triton.stop()
+        for runner in self.runners:
+            runner.pipe.close()
+
+
+def start(opts: ServeOptions) -> RunningServer:
+    """Load and warm up the instances, then start Triton and load the model: ready on
+    /v2/health/ready when this returns."""
     DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
     runners = [load_runner(opts.bundle, opts.backend, opts.backend_options) for _ in range(opts.instances)]
     max_batch = opts.max_batch or runners[0].max_batch
@@ -73,6 +85,7 @@ def start(opts: ServeOptions):
         exit_timeout_secs=opts.exit_timeout_s,
     )
     triton = Triton(config=config)
+    server = RunningServer(triton, runners)
     try:
         triton.bind(
             model_name=MODEL_NAME,
@@ -87,19 +100,9 @@ def start(opts: ServeOptions):
         )
         triton.run()
     except BaseException:
-        triton.stop()
-        for runner in runners:
-            runner.pipe.close()
+        server.stop()
         raise
-    triton.runners = runners  # closed by stop()
-    return triton
-
-
-def stop(triton) -> None:
-    """Drain the requests in flight (up to exit_timeout_s), stop Triton, close the sessions."""
-    triton.stop()
-    for runner in getattr(triton, "runners", []):
-        runner.pipe.close()
+    return server
 
 
 def serve(opts: ServeOptions, on_ready=None) -> None:
@@ -109,15 +112,15 @@ def serve(opts: ServeOptions, on_ready=None) -> None:
         raise KeyboardInterrupt  # PyTriton's serve loop stops on it, draining the requests in flight
 
     previous = signal.signal(signal.SIGTERM, _interrupt)  # before start: a SIGTERM while loading also exits cleanly
-    triton = None
+    server = None
     try:
-        triton = start(opts)
+        server = start(opts)
         if on_ready is not None:
             on_ready()
-        triton.serve()  # returns after a stop (it catches the KeyboardInterrupt)
+        server.triton.serve()  # returns after a stop (it catches the KeyboardInterrupt)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if triton is not None:
-            stop(triton)
+        if server is not None:
+            server.stop()
