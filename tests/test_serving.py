@@ -150,6 +150,8 @@ def test_concurrent_requests_are_batched_by_triton(server, pipe):
         (dict(prompt=PROMPT, schedule="2,5"), "step 0 must be an anchor"),
         (dict(prompt=PROMPT, policy="magic"), "unknown policy 'magic'"),
         (dict(prompt=PROMPT, steps=10), "the bundle's default anchors are for 20 steps"),
+        (dict(prompt=PROMPT, steps=0, schedule="0"), "steps must be between 1 and 1000, got 0"),
+        (dict(prompt=PROMPT, seed=-1), "seed must be a non-negative integer"),
         (dict(prompt=PROMPT, text_embeddings=np.zeros((4, 32), np.float32)), "give exactly one of"),
     ],
 )

@@ -31,7 +31,7 @@ from disca.runtime.backends import BACKENDS
 @click.option("--http-port", default=8000, show_default=True)
 @click.option("--grpc-port", default=8001, show_default=True)
 @click.option("--metrics-port", default=8002, show_default=True)
-@click.option("--verbose", is_flag=True, help="Show Triton's own log.")
+@click.option("--verbose", is_flag=True, help="Log the start-up and shutdown steps (PyTriton at INFO).")
 @clean_errors
 def main(
     bundle,

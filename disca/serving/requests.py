@@ -13,6 +13,8 @@ from disca.runtime.pipeline import Pipeline
 from disca.runtime.schedule import POLICIES, THRESHOLD_POLICIES, budget_anchors, check_anchors, parse_anchors
 from disca.serving.protocol import INPUT_BY_NAME
 
+MAX_STEPS = 1000  # a request's work is bounded: one clip must not hold an instance for hours
+
 
 class RequestError(DiscaError):
     """A request the server cannot run: the message names the input and how to fix it."""
@@ -83,8 +85,8 @@ def parse_request(pipe: Pipeline, inputs: dict) -> ClipRequest:
 
     schedule = bundle.schedule
     steps = _scalar(inputs, "steps", schedule.steps)
-    if steps < 1:
-        raise RequestError(f"steps must be at least 1, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
     shift = _scalar(inputs, "shift", schedule.shift)
     if not shift > 0:
         raise RequestError(f"shift must be positive, got {shift}")
