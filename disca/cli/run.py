@@ -78,6 +78,8 @@ from disca.runtime.video import check_path, write
     help="Print the run statistics as one JSON object (no progress bar): per graph (full, predictor, head, "
     "first) <graph>_calls and ms_per_<graph>; cached_calls (predictor + head), overhead_ms, total_ms, per_step.",
 )
+@click.option("--server", help="Run on a disca Triton server (disca-serve) at HOST:PORT instead of locally.")
+@click.option("--grpc", is_flag=True, help="With --server: talk gRPC (HOST:GRPC_PORT) rather than HTTP.")
 @clean_errors
 def main(
     bundle,
@@ -105,6 +107,8 @@ def main(
     upscale,
     verify,
     as_json,
+    server,
+    grpc,
 ):
     """Generate a video from BUNDLE: anchor steps run the full DiT, the others the cache predictor
     (or, on the gaps where the bundle's calibration found it closer, the cache through the DiT's head).
@@ -120,8 +124,9 @@ def main(
       disca-run demo --prompt "a green triangle moving right" --anchors 5 --policy disca-predictor
       disca-run bundles/student --prompt "a red circle" --backend torch        # needs a bundle with weights
       disca-run bundles/student --prompt "a red circle" --backend tensorrt --precision fp8   # needs TensorRT engines
+      disca-run --server localhost:8000 --prompt "a red circle moving left" --out clip.gif  # needs disca-serve
     """
-    if bundle is None:
+    if bundle is None and server is None:
         bundle = demo_bundle()
     if (prompt is None) == (text_embeddings is None):
         raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
@@ -131,6 +136,12 @@ def main(
         check_path(out)
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
     anchors = budget if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
+    if server is not None:
+        if bundle is not None or batch != 1:
+            raise click.UsageError("with --server the server's bundle runs, one clip per request: drop BUNDLE, --batch")
+        request = dict(steps=steps, shift=shift, anchors=budget, schedule=schedule, policy=policy, threshold=threshold)
+        result = _remote(server, grpc, prompt, embeddings, seed, frames, height, width, **request)
+        return _finish(result, out, fps, upscale, as_json)
     options = _backend_options(backend, providers, threads, precision, cuda_graphs, device)
 
     with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
@@ -151,13 +162,28 @@ def main(
                 batch=batch,
                 on_step=on_step,
             )
+    _finish(result, out, fps, upscale, as_json)
+
+
+def _finish(result, out, fps, upscale, as_json) -> None:
+    """Write the video and print the statistics: a local or a server's result alike."""
     if out is not None:
         write(out, result.video, fps=fps, upscale=upscale)
-    stats = result.stats.to_dict()
+    stats = result.stats if isinstance(result.stats, dict) else result.stats.to_dict()
     if as_json:
         click.echo(json.dumps({**stats, "anchors": result.anchors, "out": str(out) if out else None}))
     else:
         _print_summary(stats, out)
+
+
+def _remote(server, grpc, prompt, embeddings, seed, frames, height, width, **request):
+    """The same request, answered by a disca Triton server (disca-serve, or a `disca-export triton` repository)."""
+    from disca.client import Client
+
+    with Client(server, grpc=grpc) as client:
+        return client.generate(
+            prompt, text_embeddings=embeddings, seed=seed, frames=frames, height=height, width=width, **request
+        )
 
 
 def _backend_options(backend, providers, threads, precision, cuda_graphs, device) -> dict:

@@ -163,20 +163,30 @@ class Pipeline:
         anchors=None,
         policy: str = "disca",
         threshold: float | None = None,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
         batch: int = 1,
         on_step=None,
     ) -> Result:
-        """Generate from a prompt (or precomputed (L, Dt) / (B, L, Dt) embeddings), from seeded noise."""
+        """Generate from a prompt (or precomputed (L, Dt) / (B, L, Dt) embeddings), from seeded noise.
+
+        seed: one int (one noise draw for the whole batch), or a list of ints, one per video: video i
+        then starts from the same noise as a batch-1 run with seed[i] (how `disca-serve` batches requests).
+        """
         if (prompt is None) == (text_embeddings is None):
             raise ShapeError("give exactly one of a prompt or text embeddings")
         text = self.embed_prompt(prompt) if prompt is not None else np.asarray(text_embeddings, np.float32)
+        seeds = [int(s) for s in seed] if isinstance(seed, list | tuple | np.ndarray) else None
+        batch = len(seeds) if seeds is not None else batch
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
-        noise = np.random.default_rng(seed).standard_normal(self.latent_shape(frames, height, width, batch))
+        shape = self.latent_shape(frames, height, width, 1)[1:]
+        if seeds is None:
+            noise = np.random.default_rng(seed).standard_normal((batch, *shape))
+        else:
+            noise = np.concatenate([np.random.default_rng(s).standard_normal((1, *shape)) for s in seeds])
         anchors = self._anchors(steps or self.bundle.schedule.steps, anchors)
         latent, stats = self.denoise(
             noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, threshold=threshold, on_step=on_step
