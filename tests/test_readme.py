@@ -31,7 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((.*)\)\s*-->")
 SETUP = re.compile(r"^pip install [^&]*&&\s*")
-CLIS = {"disca-run": "disca.cli.run", "disca-export": "disca.cli.export", "disca-bench": "disca.cli.bench"}
+CLIS = {
+    "disca-run": "disca.cli.run",
+    "disca-export": "disca.cli.export",
+    "disca-bench": "disca.cli.bench",
+    "disca-serve": "disca.cli.serve",
+}
 
 
 def readme_blocks() -> list[tuple[int, str, str, str | None]]:
@@ -58,9 +63,9 @@ def help_examples() -> list[tuple[str, str | None]]:
     """-> (example line, skip reason or None) of every CLI command's --help."""
     import click
 
-    from disca.cli import bench, export, run
+    from disca.cli import bench, export, run, serve
 
-    commands = [run.main, bench.main, *export.main.commands.values()]
+    commands = [run.main, bench.main, serve.main, *export.main.commands.values()]
     out = []
     for cmd in commands:
         text = cmd.help or ""

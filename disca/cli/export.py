@@ -645,8 +645,8 @@ def triton_cmd(
     disca's runtime), for `tritonserver --model-repository OUT` in NVIDIA's Triton container.
 
     \b
-    Example:
-      disca-export triton bundles/demo --out triton-repo --backend tensorrt --precision fp16 --instances 2
+    Examples:
+      disca-export triton demo --out triton-repo --backend tensorrt --precision fp16 --instances 2
     """
     from disca.cli.run import _backend_options
     from disca.serving.repository import write_repository

@@ -54,9 +54,9 @@ def main(
 
     \b
     Examples:
-      disca-serve bundles/demo
-      disca-serve bundles/demo --backend tensorrt --precision fp16 --host 0.0.0.0
-      disca-run --server localhost:8000 --prompt "a red circle moving left" --out clip.gif
+      disca-serve demo                                  # needs to run until stopped
+      disca-serve bundles/student --backend tensorrt --precision fp16 --host 0.0.0.0   # needs TensorRT engines
+      disca-run --server localhost:8000 --prompt "a red circle moving left" --out clip.gif   # needs disca-serve
     """
     from disca.serving.server import ServeOptions, serve
 
