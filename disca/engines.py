@@ -11,16 +11,16 @@ sha256 of the ONNX graph it was built from. Loading compares the record with the
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 from pathlib import Path
 
-from disca._atomic import atomic_file
-from disca.bundle import MANIFEST, Bundle, file_entry
+from disca.bundle import Bundle, file_entry, fresh_name
 from disca.errors import BackendUnavailable, BundleError, EngineMismatch
 from disca.spec import DIMS, GraphSpec, resolve
 
 ENGINE_DIR = "engines"
+TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"  # the builder's cache: not read by runs, so not listed in `files`
 FP8_MIN_CC = (8, 9)  # FP8 tensor cores: Ada, Hopper, Blackwell
 BUILD_HINT = "pip install 'disca[tensorrt]' on a machine with an NVIDIA GPU"
 
@@ -116,20 +116,30 @@ def engine_record(bundle: Bundle, graph: str, precision: str) -> dict:
     return records[key]
 
 
-def add_engine(bundle: Bundle, record: dict, extra_files=()) -> None:
-    """Record an engine (its plan already written in the bundle) and rewrite the manifest atomically."""
-    manifest = bundle.manifest
-    manifest.setdefault("engines", {})[engine_key(record["graph"], record["precision"])] = record
-    for rel in (record["file"], *extra_files):
-        manifest["files"][rel] = file_entry(bundle.path, rel)
-    write_manifest(bundle)
+def add_engine(bundle: Bundle, record: dict, plan: bytes) -> dict:
+    """Write an engine's plan under a fresh name and switch the manifest to it in one atomic step; the plan it
+    replaces (same graph and precision) is removed after. -> the record written."""
+    manifest = copy.deepcopy(bundle.manifest)
+    key = engine_key(record["graph"], record["precision"])
+    old = (manifest.get("engines") or {}).get(key)
+    stem, suffix = engine_file(record["graph"], record["precision"]).rsplit(".", 1)
+    record = {**record, "file": fresh_name(stem, "." + suffix)}
+    with bundle.staging() as stage:
+        (stage / record["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (stage / record["file"]).write_bytes(plan)
+        if old:
+            manifest["files"].pop(old["file"], None)
+        manifest["files"].pop(TIMING_CACHE, None)  # a builder cache, not read by runs (older bundles listed it)
+        manifest.setdefault("engines", {})[key] = record
+        manifest["files"][record["file"]] = file_entry(stage, record["file"])
+        bundle.commit(manifest, stage)
+    return record
 
 
 def write_manifest(bundle: Bundle) -> None:
-    """Rewrite a bundle's manifest from `bundle.manifest`, atomically."""
-    with atomic_file(bundle.path / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(bundle.manifest, indent=2))
+    """Rewrite a bundle's manifest from `bundle.manifest`: checked, fsync'd, in one atomic replace."""
+    bundle.commit()
 
 
 def plan_path(bundle: Bundle, record: dict) -> Path:
-    return bundle.path / record["file"]
+    return bundle.resolve(record["file"], f"engines.{engine_key(record['graph'], record['precision'])}.file")

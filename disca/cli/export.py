@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from disca.bundle import Bundle
+from disca.bundle import Bundle, refuse_non_bundle
 from disca.cli._common import clean_errors, parse_range
 from disca.spec import DIMS, ShapeRanges
 
@@ -43,7 +43,13 @@ def main():
     type=click.Path(path_type=Path),
     help="With --from: a predictor trained on that model (`disca-train predictor --from ...`).",
 )
-@click.option("--predictor-depth", default=2, show_default=True, help="With --from: blocks of a fresh predictor.")
+@click.option(
+    "--predictor-depth",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="With --from: blocks of a fresh predictor.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option(
     "--opset",
@@ -63,7 +69,9 @@ def main():
     show_default=True,
     help="Graph variants, comma-separated from fp32,fp16,fp8 (fp32 is always written).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights with --preset.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the random weights with --preset."
+)
 @click.option("--no-weights", is_flag=True, help="Leave the PyTorch weights out (no torch backend for this bundle).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--verbose", is_flag=True, help="Show the exporter's own output.")
@@ -105,6 +113,7 @@ def onnx_cmd(
         raise click.UsageError("--predictor goes with --from diffusers:PATH (a --checkpoint carries its predictor)")
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} already exists: choose another --out or pass --overwrite")
+    refuse_non_bundle(out)  # --overwrite replaces a bundle, never a directory of something else
     precisions = ["fp32", *(p.strip().lower() for p in precision.split(",") if p.strip() not in ("", "fp32"))]
     for p in precisions:
         if p not in PRECISIONS:
@@ -245,6 +254,7 @@ def _calibration_set(bundle, prompts, samples, seed=0):
     "--min-cosine",
     default=0.9995,
     show_default=True,
+    type=click.FloatRange(0, 1),
     help="A layer whose solo FP8 quantization gives a lower output cosine stays FP16.",
 )
 @click.option("--keep-fp16", default="", help="Layers (module paths or node names) to keep FP16, comma-separated.")
@@ -341,8 +351,10 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 
 @main.command("schedule")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
-@click.option("--anchors", "k", type=int, help="Also make the searched list of K anchors the default schedule.")
+@click.option("--steps", type=click.IntRange(1), help="Sampling steps (default: the bundle's schedule).")
+@click.option(
+    "--anchors", "k", type=click.IntRange(1), help="Also make the searched list of K anchors the default schedule."
+)
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
 @samples_option(8, "Prompt x seed samples per evaluated run.")
 @click.option(
@@ -372,7 +384,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     b = Bundle.open(bundle)
-    steps = steps or b.schedule.steps
+    steps = b.schedule.steps if steps is None else steps
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
         raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")

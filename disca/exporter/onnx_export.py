@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 import disca
+from disca import manifest as schema
 from disca._atomic import atomic_directory
-from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry
+from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry, refuse_non_bundle
 from disca.errors import ShapeError
 from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
@@ -195,6 +196,7 @@ def export_bundle(
 
     from disca.exporter import precision as prec
 
+    refuse_non_bundle(out)  # an existing bundle is replaced (atomically); anything else is never touched
     if opset not in OPSETS:
         raise ShapeError(f"opset {opset} is not supported; choose one of {OPSETS}")
     unknown = [p for p in precisions if p not in prec.PRECISIONS]
@@ -298,7 +300,9 @@ def export_bundle(
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    text = json.dumps(manifest, indent=2, default=_json_default)
+    schema.validate(json.loads(text), f"the exported {MANIFEST}")  # what we write, others must be able to open
+    (root / MANIFEST).write_text(text)
 
 
 def _json_default(o):

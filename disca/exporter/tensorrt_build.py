@@ -15,15 +15,13 @@ from disca._atomic import atomic_file
 from disca.bundle import Bundle
 from disca.engines import (
     ENGINE_DIR,
+    TIMING_CACHE,
     add_engine,
     check_precision_supported,
-    engine_file,
     environment,
     graph_digest,
     profile_shapes,
 )
-
-TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
 
 
 def _progress_monitor(log):
@@ -68,7 +66,7 @@ def build_engines(
 
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
-    cache = bundle.path / TIMING_CACHE
+    cache = bundle.resolve(TIMING_CACHE, "engines (the TensorRT timing cache)")
     (bundle.path / ENGINE_DIR).mkdir(exist_ok=True)
     records = []
     for graph in graphs:
@@ -87,26 +85,24 @@ def build_engines(
         log(f"building the {graph} engine ({precision}, optimization level {optimization_level})...")
         t0 = time.perf_counter()
         network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+        # The timing cache is replaced only after the manifest switch: older bundles list it in `files`.
         with atomic_file(cache) as cache_tmp:
             plan = engine_bytes_from_network(network, config, save_timing_cache=str(cache_tmp))
-        build_s = time.perf_counter() - t0
-        rel = engine_file(graph, precision)
-        with atomic_file(bundle.path / rel) as tmp:
-            tmp.write_bytes(bytes(plan))
-        record = {
-            "graph": graph,
-            "precision": precision,
-            "file": rel,
-            "onnx": onnx_path.name,
-            "onnx_sha256": graph_digest(bundle, graph, precision),
-            **env,
-            "profile": shapes,
-            "static": static,
-            "builder_optimization_level": optimization_level,
-            "weight_streaming": weight_streaming,
-            "build_s": round(build_s, 1),
-        }
-        add_engine(bundle, record, extra_files=[TIMING_CACHE])
+            build_s = time.perf_counter() - t0
+            record = {
+                "graph": graph,
+                "precision": precision,
+                "onnx": onnx_path.name,
+                "onnx_sha256": graph_digest(bundle, graph, precision),
+                **env,
+                "profile": shapes,
+                "static": static,
+                "builder_optimization_level": optimization_level,
+                "weight_streaming": weight_streaming,
+                "build_s": round(build_s, 1),
+            }
+            record = add_engine(bundle, record, bytes(plan))  # a fresh plan file, then one manifest switch
+        rel = record["file"]
         log(f"  {rel}: {len(plan) / 2**20:.1f} MiB in {build_s:.0f}s")
         records.append(record)
     return records

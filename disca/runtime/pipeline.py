@@ -13,13 +13,15 @@ with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from disca.bundle import Bundle
-from disca.errors import BundleError, ShapeError
+from disca.errors import BundleError, InputError, ScheduleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import (
@@ -56,7 +58,7 @@ class Pipeline:
         self.backend = backend
         text = bundle.manifest.get("text")
         self.vocab = Vocabulary(text["vocab"]) if text else None
-        self.text_table = np.load(bundle.path / text["file"]) if text else None
+        self.text_table = _text_table(bundle) if text else None
 
     @classmethod
     def load(cls, path, backend: str = "onnxruntime", verify: bool = False, **backend_options) -> Pipeline:
@@ -77,6 +79,7 @@ class Pipeline:
 
     def embed_prompt(self, prompt: str) -> np.ndarray:
         """-> (L, Dt) text-token embeddings: the bundle's learned table, or hashed words for an untrained model."""
+        check_prompt(prompt)
         if self.vocab is None:
             return hash_embed(prompt, self.bundle.text_dim)
         return self.text_table[self.vocab.ids(prompt)]
@@ -91,6 +94,12 @@ class Pipeline:
 
     def _anchors(self, steps: int, anchors):
         """An int K is a budget: the bundle's best-known list of K anchors (searched, default, official, uniform)."""
+        if isinstance(anchors, np.ndarray):
+            anchors = anchors.tolist()
+        if isinstance(anchors, bool) or not (
+            anchors is None or anchors == "full" or isinstance(anchors, int | np.integer | list | tuple)
+        ):
+            raise ScheduleError(f"anchors must be a list of steps, an int K, 'full' or None, got {anchors!r}")
         if isinstance(anchors, int | np.integer):
             return budget_anchors(self.bundle.manifest, steps, int(anchors))[0]
         return anchors
@@ -136,10 +145,11 @@ class Pipeline:
         "taylorseer2" (on the anchors), or "teacache" / "first-block", which pick their full steps
         themselves, skipping while a change measure stays under `threshold` (None: the policy's default).
         """
-        steps = steps or self.bundle.schedule.steps
-        shift = shift or self.bundle.schedule.shift
+        steps = self.bundle.schedule.steps if steps is None else positive_int("steps", steps)
+        shift = self.bundle.schedule.shift if shift is None else positive_float("shift", shift)
+        threshold = None if threshold is None else positive_float("threshold", threshold)
         chosen = self._policy(steps, shift, self._anchors(steps, anchors), policy, threshold)
-        latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
+        latent, text = float_array("latent", latent), float_array("text embeddings", text)
         self._check_shapes(latent, text)
         return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)
 
@@ -163,13 +173,18 @@ class Pipeline:
         """Generate from a prompt (or precomputed (L, Dt) / (B, L, Dt) embeddings), from seeded noise."""
         if (prompt is None) == (text_embeddings is None):
             raise ShapeError("give exactly one of a prompt or text embeddings")
-        text = self.embed_prompt(prompt) if prompt is not None else np.asarray(text_embeddings, np.float32)
+        batch, seed = positive_int("batch", batch), non_negative_int("seed", seed)
+        ranges = self.bundle.ranges  # None: the opt shape the bundle was exported for; 0 is an error, not a default
+        frames, height, width = (
+            getattr(ranges, name)[1] if value is None else positive_int(name, value)
+            for name, value in (("frames", frames), ("height", height), ("width", width))
+        )
+        steps = None if steps is None else positive_int("steps", steps)
+        text = self.embed_prompt(prompt) if prompt is not None else float_array("text embeddings", text_embeddings)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
-        ranges = self.bundle.ranges
-        frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
         noise = np.random.default_rng(seed).standard_normal((batch, self.bundle.channels, frames, height, width))
-        anchors = self._anchors(steps or self.bundle.schedule.steps, anchors)
+        anchors = self._anchors(self.bundle.schedule.steps if steps is None else steps, anchors)
         latent, stats = self.denoise(
             noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, threshold=threshold, on_step=on_step
         )
@@ -187,3 +202,79 @@ class Pipeline:
             )
         b, _, f, h, w = latent.shape
         self.bundle.ranges.check(self.bundle.patch, batch=b, frames=f, height=h, width=w, text_len=text.shape[1])
+
+
+# ---------------------------------------------------------------- input checks (one InputError naming the input)
+
+
+def _integer(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value) -> int:
+    value = _integer(name, value)
+    if value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(name: str, value) -> int:
+    value = _integer(name, value)
+    if value < 0:
+        raise InputError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def float_array(name: str, value) -> np.ndarray:
+    """A float32 array of finite numbers: a numpy array must have a float dtype; a (nested) list must hold numbers."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind != "f":
+            raise InputError(f"{name} must be a float array, got dtype {value.dtype}")
+        array = value
+    else:
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InputError(f"{name} must be an array of numbers: {e}") from None
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise InputError(f"{name} contains NaN or Inf (or values too large for float32)")
+    return array
+
+
+def check_prompt(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text (str), got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"the prompt is not valid text (invalid bytes, not UTF-8): {prompt!r}") from None
+    if "\0" in prompt:
+        raise InputError("the prompt contains a NUL character")
+    return prompt
+
+
+def _text_table(bundle: Bundle) -> np.ndarray:
+    """The bundle's (vocabulary, Dt) word-embedding table, checked: it is untrusted input like the rest."""
+    path = bundle.text_path
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise BundleError(f"bundle {bundle.path}: the text table {path.name} (text.file) is unreadable: {e}") from None
+    want = (len(bundle.manifest["text"]["vocab"]), bundle.text_dim)
+    if not isinstance(table, np.ndarray) or table.dtype.kind != "f" or table.shape != want:
+        got = f"{table.dtype} {table.shape}" if isinstance(table, np.ndarray) else type(table).__name__
+        raise BundleError(f"bundle {bundle.path}: the text table {path.name} must be float {want}, got {got}")
+    if not np.isfinite(table).all():
+        raise BundleError(f"bundle {bundle.path}: the text table {path.name} contains NaN or Inf")
+    return table.astype(np.float32, copy=False)
