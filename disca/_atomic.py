@@ -23,6 +23,29 @@ def current_umask() -> int:
     return mask
 
 
+def check_writable(path: str | os.PathLike, what: str = "output", directory: bool = False) -> Path:
+    """Raise InputError unless `path` can be written (before any work, not after it): its nearest existing
+    ancestor is a writable directory, and `path` itself, if it exists, is a writable file (or directory)."""
+    from disca.errors import InputError
+
+    path = Path(path)
+    if path.exists():
+        if path.is_dir() != directory:
+            kind = "a directory" if path.is_dir() else "a file"
+            raise InputError(f"cannot write the {what} {path}: it is {kind}")
+        if not os.access(path, os.W_OK):
+            raise InputError(f"cannot write the {what} {path}: permission denied")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write the {what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the {what} {path}: {parent} is not writable")
+    return path
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

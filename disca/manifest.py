@@ -231,8 +231,10 @@ def validate(manifest: Any, source: str = "manifest.json") -> None:
         Manifest.model_validate(manifest)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
+        where = _where(first["loc"])
+        if first["type"] == "missing":
+            raise BundleError(f"{source} is malformed: the required key {where} is missing") from None
         got = repr(first.get("input"))
         got = got if len(got) <= 60 else got[:57] + "..."
-        expected = first["msg"].removeprefix("Value error, ")
-        shown = "" if first["type"] == "missing" else f", got {got}"
-        raise BundleError(f"{source} is malformed at {_where(first['loc'])}: {expected}{shown}") from None
+        expected = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+        raise BundleError(f"{source} is malformed at key {where}: {expected}, got {got}") from None

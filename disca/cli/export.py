@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from disca._atomic import check_writable
 from disca.bundle import Bundle, refuse_non_bundle
 from disca.cli._common import clean_errors, parse_range
 from disca.spec import DIMS, ShapeRanges
@@ -235,6 +236,13 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
         console.print(f"[green]built {r['file']}[/green] (TensorRT {r['tensorrt']}, {r['gpu']})")
 
 
+def _open_to_change(path) -> Bundle:
+    """Open a bundle that a command will rewrite: checked writable before any work."""
+    b = Bundle.open(path)
+    check_writable(b.path, "bundle", directory=True)
+    return b
+
+
 def samples_option(default: int, help: str):
     """--samples of the commands that sample a calibration set: at least one."""
     return click.option("--samples", default=default, show_default=True, type=click.IntRange(1), help=help)
@@ -274,7 +282,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
     from disca.runtime.schedule import calibrated_reuse_gaps
 
-    b = Bundle.open(bundle)
+    b = _open_to_change(bundle)
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
     split = lambda text: {x.strip() for x in text.split(",") if x.strip()}  # noqa: E731
@@ -333,7 +341,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     from disca.calibration.teacache import calibrate_teacache
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(bundle)
+    b = _open_to_change(bundle)
     if "first" not in b.manifest["graphs"]:
         raise click.UsageError(f"bundle {bundle} has no probe graph (`first`): re-export it with this disca version")
     cal = _calibration_set(b, prompts, samples)
@@ -383,7 +391,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
     from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(bundle)
+    b = Bundle.open(bundle) if no_write else _open_to_change(bundle)
+    check_writable(report_dir, "report directory", directory=True)  # before the search, not after it
     steps = b.schedule.steps if steps is None else steps
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:

@@ -13,16 +13,15 @@ with Pipeline.load("bundles/demo", backend="onnxruntime") as pipe:
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from disca.bundle import Bundle
-from disca.errors import BundleError, InputError, ScheduleError, ShapeError
+from disca.errors import BundleError, ScheduleError, ShapeError
 from disca.runtime.backends import Backend, get_backend
+from disca.runtime.inputs import check_prompt, float_array, non_negative_int, positive_float, positive_int
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import (
     THRESHOLD_POLICIES,
@@ -202,66 +201,6 @@ class Pipeline:
             )
         b, _, f, h, w = latent.shape
         self.bundle.ranges.check(self.bundle.patch, batch=b, frames=f, height=h, width=w, text_len=text.shape[1])
-
-
-# ---------------------------------------------------------------- input checks (one InputError naming the input)
-
-
-def _integer(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def positive_int(name: str, value) -> int:
-    value = _integer(name, value)
-    if value < 1:
-        raise InputError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(name: str, value) -> int:
-    value = _integer(name, value)
-    if value < 0:
-        raise InputError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
-def float_array(name: str, value) -> np.ndarray:
-    """A float32 array of finite numbers: a numpy array must have a float dtype; a (nested) list must hold numbers."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind != "f":
-            raise InputError(f"{name} must be a float array, got dtype {value.dtype}")
-        array = value
-    else:
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise InputError(f"{name} must be an array of numbers: {e}") from None
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        raise InputError(f"{name} contains NaN or Inf (or values too large for float32)")
-    return array
-
-
-def check_prompt(prompt) -> str:
-    if not isinstance(prompt, str):
-        raise InputError(f"the prompt must be text (str), got {type(prompt).__name__}")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError(f"the prompt is not valid text (invalid bytes, not UTF-8): {prompt!r}") from None
-    if "\0" in prompt:
-        raise InputError("the prompt contains a NUL character")
-    return prompt
 
 
 def _text_table(bundle: Bundle) -> np.ndarray:
