@@ -26,8 +26,10 @@ SCHEMA_VERSION = 1
 def check_relative_path(value: str) -> str:
     """A path a manifest names: relative, inside the bundle (lexically; symlinks are checked on disk)."""
     posix = PurePosixPath(value)
-    if not value or "\0" in value or "\\" in value:
+    if not value or "\\" in value:
         raise ValueError("expected a non-empty relative path with / separators")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("expected a path without control characters")
     if posix.is_absolute() or PureWindowsPath(value).drive:
         raise ValueError("expected a path relative to the bundle, not an absolute path")
     if ".." in posix.parts:
@@ -74,6 +76,8 @@ class Weights(Section):
 
 
 class Ranges(Section):
+    model_config = ConfigDict(strict=True, extra="forbid")  # read into disca.spec.ShapeRanges field by field
+
     batch: Range
     frames: Range
     height: Range
@@ -90,6 +94,8 @@ class Ranges(Section):
 
 
 class Tensor(Section):
+    model_config = ConfigDict(strict=True, extra="forbid")  # read into disca.spec.TensorSpec field by field
+
     name: Annotated[str, Field(min_length=1)]
     shape: list[Dim]
     dtype: DType = "float32"
@@ -193,6 +199,15 @@ class Manifest(Section):
         for name in ("full", "predictor"):
             if name not in self.graphs:
                 raise ValueError(f"graphs: the {name!r} graph is missing")
+        dit = self.model.dit
+        for name, graph in self.graphs.items():  # the widths the runtime allocates must be the graphs' own
+            for t in graph.spec.inputs:
+                want = {"latent": (1, dit.in_channels), "text": (2, dit.text_dim)}.get(t.name)
+                if want and (len(t.shape) <= want[0] or t.shape[want[0]] != want[1]):
+                    raise ValueError(
+                        f"graphs.{name}.spec: input {t.name!r} has shape {t.shape}, which does not match "
+                        f"model.dit (in_channels {dit.in_channels}, text_dim {dit.text_dim})"
+                    )
         if self.model.vocab and self.text is None:
             # without its table a learned vocabulary would silently fall back to hashed words: another video
             raise ValueError("text: the model has a vocabulary but the manifest has no text table")
@@ -202,6 +217,7 @@ class Manifest(Section):
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
+        part = part if not isinstance(part, str) or part.isprintable() else repr(part)  # a key is untrusted text
         if part == "[key]":
             out += " (key)"
         elif isinstance(part, int):

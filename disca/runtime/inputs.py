@@ -52,7 +52,8 @@ def float_array(name: str, value) -> np.ndarray:
             array = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{name} must be an array of numbers: {e}") from None
-    array = array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: reported just below
+        array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise InputError(f"{name} contains NaN or Inf (or values too large for float32)")
     return array

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from disca.errors import BackendUnavailable, DiscaError
+from disca.errors import BackendUnavailable, BundleError, DiscaError
 from disca.runtime.backends.base import HEAD_USERS, Backend
 
 # Where each execution provider keeps its tensors (for I/O binding).
@@ -67,6 +67,7 @@ class OnnxRuntimeBackend(Backend):
                 raise BackendUnavailable(
                     f"ONNX Runtime could not start {self.providers[0]} (active: {', '.join(session.get_providers())})"
                 )
+            _check_inputs(graph, session, self.bundle)
             self.sessions[graph] = session
         self.device = _DEVICE.get(self.providers[0], "cpu")
         self._out = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
@@ -85,7 +86,12 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_ortvalue_input("hidden", cache)
         for name in self._out[graph]:
             binding.bind_output(name, self.device)
-        session.run_with_iobinding(binding)
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as e:  # ORT's own exception types: a graph that does not match its manifest declaration
+            raise DiscaError(
+                f"ONNX Runtime failed running the {graph} graph of {self.bundle.path}: {str(e).splitlines()[0]}"
+            ) from None
         return binding.get_outputs()
 
     def _full_impl(self, latent, t, r, text):
@@ -114,3 +120,20 @@ class OnnxRuntimeBackend(Backend):
 
     def to_numpy(self, x) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else x.numpy()  # velocities are numpy, the cache an OrtValue
+
+
+def _check_inputs(graph: str, session, bundle) -> None:
+    """The graph's inputs are those its manifest declares (names, fixed dims): the runtime sizes its arrays from
+    the declaration, so a manifest that lies about the graph must fail here, not in an allocation or in ORT."""
+    declared = {t.name: t.shape for t in bundle.specs[graph].inputs}
+    actual = {i.name: i.shape for i in session.get_inputs()}
+    mismatch = set(declared) != set(actual) or any(
+        len(declared[n]) != len(actual[n])
+        or any(isinstance(d, int) and d != a for d, a in zip(declared[n], actual[n]))
+        for n in declared
+    )
+    if mismatch:
+        raise BundleError(
+            f"bundle {bundle.path}: the {graph} graph's inputs {actual} do not match the manifest's "
+            f"graphs.{graph}.spec {declared}"
+        )
