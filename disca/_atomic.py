@@ -127,7 +127,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike):
+def atomic_directory(path: str | os.PathLike, log=lambda msg: None):
     """Yield a temporary directory next to `path`; on success it replaces `path`.
 
     On any error (and on SIGTERM) the temporary directory is removed and `path` is left as it was.
@@ -135,7 +135,8 @@ def atomic_directory(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
+    for p in remove_stale(path):
+        log(f"removed {p}, left by a killed run")
     with sigterm_as_exit():
         tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
         try:

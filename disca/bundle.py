@@ -119,6 +119,8 @@ class Bundle:
 
     @classmethod
     def open(cls, path, verify: bool = False) -> Bundle:
+        if not isinstance(path, str | os.PathLike):
+            raise BundleError(f"a bundle path must be a str or a path, got {type(path).__name__}")
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"bundle {path} does not exist (create one with `disca-export onnx`)")
@@ -224,9 +226,10 @@ class Bundle:
     # ------------------------------------------------------------ changing
 
     @contextlib.contextmanager
-    def staging(self):
+    def staging(self, log=lambda msg: None):
         """A directory inside the bundle for a change's new files; removed afterwards (also on SIGTERM)."""
-        self.clean_stale()
+        for name in self.clean_stale():
+            log(f"  removed {name}, left in {self.path} by a killed run")
         with sigterm_as_exit():
             stage = self.path / f"{STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
             stage.mkdir()

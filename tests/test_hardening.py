@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from disca import manifest as schema
-from disca._atomic import atomic_directory
+from disca._atomic import atomic_directory, remove_stale
 from disca.bundle import FRESH, MANIFEST, Bundle, file_entry
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
@@ -347,7 +347,7 @@ def test_sigterm_removes_the_temporary_directory_and_stale_ones_are_cleaned(tmp_
     script = textwrap.dedent(
         f"""
         import time
-        from disca._atomic import atomic_directory
+        from disca._atomic import atomic_directory, remove_stale
         with atomic_directory({str(out)!r}) as tmp:
             (tmp / "half-written").write_text("x")
             print("ready", flush=True)
@@ -366,6 +366,11 @@ def test_sigterm_removes_the_temporary_directory_and_stale_ones_are_cleaned(tmp_
     with atomic_directory(out) as tmp:
         (tmp / "f").write_text("done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_directory(out) as tmp:  # replacing: one swap, the old version removed after
+        (tmp / "g").write_text("second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and [p.name for p in out.iterdir()] == ["g"]
+    os.replace(out, tmp_path / ".out.999999999.old")  # a kill between the two renames of the fallback swap
+    assert remove_stale(out) == [] and [p.name for p in out.iterdir()] == ["g"]  # the old version is put back
 
 
 def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path):
@@ -382,6 +387,42 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path):
 
 
 # ----------------------------------------------------------------------------- input checks at the edge
+
+
+@pytest.mark.parametrize(
+    "cli, args, message",
+    [
+        (export_cli, ["schedule", "COPY", "--steps", "0"], "--steps"),
+        (export_cli, ["schedule", "COPY", "--anchors", "0"], "--anchors"),
+        (export_cli, ["schedule", "COPY", "--report", "afile"], "the report directory afile: it is a file"),
+        (export_cli, ["teacache", "COPY", "--degree", "0"], "--degree"),
+        (export_cli, ["calibrate", "COPY", "--min-cosine", "nan"], "--min-cosine"),
+        (export_cli, ["onnx", "--preset", "tiny", "--out", "b", "--seed", "-1"], "--seed"),
+        (export_cli, ["onnx", "--preset", "tiny", "--out", "b", "--predictor-depth", "0"], "--predictor-depth"),
+        ("bench", [DEMO, "--out", "afile"], "cannot write the report directory afile: it is a file"),
+        ("bench", [DEMO, "--teacher-steps", "0"], "--teacher-steps"),
+        ("bench", [DEMO, "--guidance", "inf"], "--guidance"),
+        ("bench", [DEMO, "--teacache", "nan"], "--teacache"),
+    ],
+)
+def test_other_clis_refuse_bad_options_before_any_work(cli, args, message, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "afile").write_text("x")
+    target = tmp_path / "copy"  # commands that change a bundle get a copy, in case a check is missing
+    shutil.copytree(DEMO, target)
+    args = [target if a == "COPY" else a for a in args]
+    if cli == "bench":
+        from disca.cli.bench import main as cli
+    before = snapshot(target)
+    assert message in error_line(invoke(cli, args))
+    assert sorted(p.name for p in work.iterdir()) == ["afile"] and snapshot(target) == before
+
+
+def test_bundle_open_takes_only_paths():
+    with pytest.raises(BundleError, match="must be a str or a path"):
+        Bundle.open(42)
 
 
 @pytest.mark.parametrize(
@@ -690,4 +731,3 @@ def test_zz_report_the_property_outcomes(capsys):
     """Not a check: prints how the generated cases ended (run with -s to see it)."""
     with capsys.disabled():
         print(f"\nproperty-test outcomes: {dict(sorted(OUTCOMES.items()))}")
-

@@ -113,7 +113,7 @@ def _write_variants(bundle: Bundle, variants: dict, report: Fp8Report, min_cosin
     """New files under fresh names, then one atomic manifest switch, then the replaced fp8 files removed:
     a kill at any moment leaves the bundle as before or as after."""
     manifest = copy.deepcopy(bundle.manifest)
-    with bundle.staging() as stage:
+    with bundle.staging(log) as stage:
         for graph, (model, n_fp8, n_all) in variants.items():
             rel = fresh_name(f"{graph}.fp8", ".onnx")
             prec.save_model(model, stage / rel)

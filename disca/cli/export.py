@@ -15,7 +15,7 @@ from rich.table import Table
 
 from disca._atomic import check_writable
 from disca.bundle import Bundle, refuse_non_bundle
-from disca.cli._common import clean_errors, parse_range
+from disca.cli._common import FiniteFloat, clean_errors, parse_range
 from disca.spec import DIMS, ShapeRanges
 
 PRESET_NAMES = ("tiny", "demo")  # kept in step with disca.models.config.PRESETS (tested)
@@ -262,7 +262,7 @@ def _calibration_set(bundle, prompts, samples, seed=0):
     "--min-cosine",
     default=0.9995,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     help="A layer whose solo FP8 quantization gives a lower output cosine stays FP16.",
 )
 @click.option("--keep-fp16", default="", help="Layers (module paths or node names) to keep FP16, comma-separated.")

@@ -214,7 +214,7 @@ def export_bundle(
         modules["first"] = FirstBlockGraph(dit)
     shapes = export_shapes(ranges)
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, log) as tmp:
         graphs = {}
         for name, spec in specs.items():
             path = tmp / f"{name}.onnx"

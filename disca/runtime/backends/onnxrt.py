@@ -128,8 +128,7 @@ def _check_inputs(graph: str, session, bundle) -> None:
     declared = {t.name: t.shape for t in bundle.specs[graph].inputs}
     actual = {i.name: i.shape for i in session.get_inputs()}
     mismatch = set(declared) != set(actual) or any(
-        len(declared[n]) != len(actual[n])
-        or any(isinstance(d, int) and d != a for d, a in zip(declared[n], actual[n]))
+        len(declared[n]) != len(actual[n]) or any(isinstance(d, int) and d != a for d, a in zip(declared[n], actual[n]))
         for n in declared
     )
     if mismatch:
