@@ -21,6 +21,7 @@ from disca.errors import BundleError
 
 FORMAT = "disca-bundle"
 SCHEMA_VERSION = 1
+MAX_STEPS = 10_000  # far beyond any sampler's use; a bound keeps a hostile or mistyped value from exhausting memory
 
 
 def check_relative_path(value: str) -> str:
@@ -126,7 +127,7 @@ class Graph(Section):
 
 
 class Schedule(Section):
-    steps: Positive
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)]
     shift: Annotated[float, Field(gt=0)]
     anchors: Annotated[list[Count], Field(min_length=1)]
     searched: bool | None = None

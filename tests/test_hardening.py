@@ -429,6 +429,9 @@ def test_bundle_open_takes_only_paths():
     "args, message",
     [
         (["--steps", "0"], "--steps"),
+        (["--steps", "10001"], "--steps"),
+        (["--frames", "9" * 30], "frames=999999999999999999999999999999 is outside the bundle's range"),
+        (["--batch", "9" * 30], "batch=999999999999999999999999999999 is outside the bundle's range"),
         (["--frames", "0"], "--frames"),
         (["--height", "-8"], "--height"),
         (["--width", "0"], "--width"),
@@ -520,6 +523,8 @@ def test_api_raises_disca_errors_for_arrays_and_lists(pipe, latent, message, as_
     "kwargs, message",
     [
         ({"steps": 0}, "steps must be >= 1"),
+        ({"steps": 10**12}, "steps must be <= 10000"),
+        ({"width": 10**30}, "width=1000000000000000000000000000000 is outside"),
         ({"frames": 0}, "frames must be >= 1"),
         ({"height": -8}, "height must be >= 1"),
         ({"batch": 1.5}, "batch must be an integer"),

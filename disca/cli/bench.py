@@ -11,6 +11,7 @@ from rich.console import Console
 
 from disca.benchmark import DEFAULT_POLICIES
 from disca.cli._common import FiniteFloat, clean_errors
+from disca.manifest import MAX_STEPS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +23,7 @@ from disca.cli._common import FiniteFloat, clean_errors
 @click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompt x seed clips per run.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")
-@click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS))
 @click.option("--guidance", default=4.0, show_default=True, type=FiniteFloat(min=0))
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")

@@ -16,6 +16,7 @@ from rich.table import Table
 from disca._atomic import check_writable
 from disca.bundle import Bundle, refuse_non_bundle
 from disca.cli._common import FiniteFloat, clean_errors, parse_range
+from disca.manifest import MAX_STEPS
 from disca.spec import DIMS, ShapeRanges
 
 PRESET_NAMES = ("tiny", "demo")  # kept in step with disca.models.config.PRESETS (tested)
@@ -359,7 +360,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 
 @main.command("schedule")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--steps", type=click.IntRange(1), help="Sampling steps (default: the bundle's schedule).")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
 @click.option(
     "--anchors", "k", type=click.IntRange(1), help="Also make the searched list of K anchors the default schedule."
 )

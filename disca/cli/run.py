@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from disca.cli._common import clean_errors, positive_float
+from disca.manifest import MAX_STEPS
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
 from disca.runtime.schedule import POLICIES, parse_anchors
@@ -25,7 +26,7 @@ from disca.runtime.video import check_path, write
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--prompt", help="Text prompt.")
 @click.option("--text-embeddings", type=click.Path(path_type=Path), help="Precomputed text embeddings (L, Dt) .npy.")
-@click.option("--steps", type=click.IntRange(1), help="Sampling steps (default: the bundle's schedule).")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
 @click.option("--shift", type=positive_float(), help="Sigma shift (default: the bundle's schedule).")
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
 @click.option(

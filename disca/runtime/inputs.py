@@ -19,10 +19,12 @@ def _integer(name: str, value) -> int:
     return int(value)
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value, most: int | None = None) -> int:
     value = _integer(name, value)
     if value < 1:
         raise InputError(f"{name} must be >= 1, got {value}")
+    if most is not None and value > most:
+        raise InputError(f"{name} must be <= {most}, got {value}")
     return value
 
 

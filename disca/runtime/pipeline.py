@@ -20,6 +20,7 @@ import numpy as np
 
 from disca.bundle import Bundle
 from disca.errors import BundleError, ScheduleError, ShapeError
+from disca.manifest import MAX_STEPS
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.inputs import check_prompt, float_array, non_negative_int, positive_float, positive_int
 from disca.runtime.sampler import RunStats, denoise
@@ -144,7 +145,7 @@ class Pipeline:
         "taylorseer2" (on the anchors), or "teacache" / "first-block", which pick their full steps
         themselves, skipping while a change measure stays under `threshold` (None: the policy's default).
         """
-        steps = self.bundle.schedule.steps if steps is None else positive_int("steps", steps)
+        steps = self.bundle.schedule.steps if steps is None else positive_int("steps", steps, MAX_STEPS)
         shift = self.bundle.schedule.shift if shift is None else positive_float("shift", shift)
         threshold = None if threshold is None else positive_float("threshold", threshold)
         chosen = self._policy(steps, shift, self._anchors(steps, anchors), policy, threshold)
@@ -178,7 +179,8 @@ class Pipeline:
             getattr(ranges, name)[1] if value is None else positive_int(name, value)
             for name, value in (("frames", frames), ("height", height), ("width", width))
         )
-        steps = None if steps is None else positive_int("steps", steps)
+        steps = None if steps is None else positive_int("steps", steps, MAX_STEPS)
+        self.bundle.ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)  # first
         text = self.embed_prompt(prompt) if prompt is not None else float_array("text embeddings", text_embeddings)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
