@@ -531,6 +531,7 @@ def test_api_raises_disca_errors_for_arrays_and_lists(pipe, latent, message, as_
         ({"seed": -1}, "seed must be >= 0"),
         ({"shift": 0.0}, "shift must be a finite number > 0"),
         ({"shift": float("inf")}, "shift must be a finite number > 0"),
+        ({"shift": 1e-300}, "outside what the sampler can represent"),
         ({"threshold": float("nan"), "policy": "teacache"}, "threshold"),
         ({"anchors": 2.5}, "anchors must be"),
         ({"anchors": [0, "a"]}, "anchor steps must be integers"),

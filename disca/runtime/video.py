@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from disca._atomic import check_writable, current_umask
+from disca._atomic import check_writable, current_umask, sigterm_as_exit
 from disca.errors import DiscaError
 from disca.runtime.inputs import positive_int
 
@@ -47,6 +47,12 @@ def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
     ext = check_path(path)
     frames = None if ext == ".npy" else to_frames(latent, upscale)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with sigterm_as_exit():  # SIGTERM removes the temporary file as Ctrl-C does
+        _write(path, ext, latent, frames, fps)
+    return path
+
+
+def _write(path: Path, ext: str, latent: np.ndarray, frames, fps: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
     os.close(fd)
     try:
@@ -64,4 +70,3 @@ def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path

@@ -6,6 +6,7 @@ import numpy as np
 
 from disca.errors import BackendUnavailable, BundleError, DiscaError
 from disca.runtime.backends.base import HEAD_USERS, Backend
+from disca.runtime.inputs import positive_int
 
 # Where each execution provider keeps its tensors (for I/O binding).
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -26,8 +27,10 @@ class OnnxRuntimeBackend(Backend):
         self, bundle, providers=("cpu",), threads: int | None = None, precision: str = "fp32", spinning: bool = False
     ):
         super().__init__(bundle)
+        if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+            raise DiscaError(f"providers must be a list of names (cpu, cuda, tensorrt), got {providers!r}")
         self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
-        self.threads = threads
+        self.threads = None if threads is None else positive_int("threads", threads)  # 0 is not "all cores"
         self.precision = precision
         self.spinning = spinning
 
