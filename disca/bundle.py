@@ -133,8 +133,11 @@ class Bundle:
             raise BundleError(f"{mfile} is unreadable or corrupt: {e}") from None
         schema.validate(manifest, str(mfile))
         bundle = cls(path, manifest)
-        bundle.check_paths()
-        bundle.check_files(verify=verify)
+        try:
+            bundle.check_paths()
+            bundle.check_files(verify=verify)
+        except OSError as e:  # e.g. a listed name too long for the file system, an unreadable file
+            raise BundleError(f"cannot read bundle {path}: {e}") from None
         try:
             bundle.specs, bundle.ranges  # noqa: B018 - parse now so a bad manifest fails at open
         except (KeyError, TypeError, ValueError) as e:  # the schema should have caught it: still one clean error
@@ -148,8 +151,10 @@ class Bundle:
         except (ValueError, TypeError) as e:
             raise BundleError(f"bundle {self.path}: {MANIFEST} key {key}: {e}, got {rel!r}") from None
         p = self.path / rel
-        root = self.path.resolve()
-        real = p.resolve()
+        try:
+            root, real = self.path.resolve(), p.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop, a name too long
+            raise BundleError(f"bundle {self.path}: {MANIFEST} key {key}: cannot resolve {rel!r}: {e}") from None
         if real != root and root not in real.parents:
             raise BundleError(f"bundle {self.path}: {MANIFEST} key {key}: {rel!r} leads outside the bundle (a symlink)")
         return p
@@ -253,6 +258,8 @@ class Bundle:
                         rel = p.relative_to(stage).as_posix()
                         if rel in old_files or (self.path / rel).exists():
                             raise BundleError(f"bundle {self.path} already has {rel}: new files need new names")
+                        with open(p, "rb") as f:  # the data on disk before the manifest names it
+                            os.fsync(f.fileno())
                         (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
                         os.replace(p, self.path / rel)
                 fsync_dir(self.path)

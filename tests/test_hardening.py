@@ -50,6 +50,8 @@ HOSTILE_PATHS = [
     "~/.ssh/id_rsa",
     "outside_link/x",
     "./../x",
+    "x" * 300,  # longer than a file name may be
+    "loop/x",  # a symlink loop
 ]
 EXAMPLES = int(os.environ.get("DISCA_HYPOTHESIS_EXAMPLES", "0"))
 
@@ -611,6 +613,7 @@ def shared(tmp_path_factory):
     (dst.parent / "outside").mkdir()
     (dst.parent / "outside" / "secret").write_text("not yours")
     (dst / "outside_link").symlink_to(dst.parent / "outside")
+    (dst / "loop").symlink_to(dst / "loop")
     return dst
 
 
