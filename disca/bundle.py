@@ -92,9 +92,10 @@ def is_bundle(path) -> bool:
 
 
 def refuse_non_bundle(path) -> None:
-    """Raise unless `path` is free or holds a disca bundle: replacing a bundle must never delete anything else."""
+    """Raise unless `path` is free, an empty directory or a disca bundle: replacing must never delete anything else."""
     path = Path(path)
-    if (path.exists() or path.is_symlink()) and not is_bundle(path):
+    empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    if (path.exists() or path.is_symlink()) and not empty_dir and not is_bundle(path):
         raise BundleError(f"{path} exists and is not a disca bundle: refusing to replace it (choose another --out)")
 
 
