@@ -216,7 +216,8 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     """
     from disca.exporter.tensorrt_build import build_engines
 
-    names = default_graphs(Bundle.open(bundle).manifest) if graphs is None else graphs.split(",")
+    b = _open_to_change(bundle)
+    names = default_graphs(b.manifest) if graphs is None else graphs.split(",")
     names = [g.strip() for g in names if g.strip()]
     for g in names:
         if g not in ("full", "predictor", "head", "first"):
