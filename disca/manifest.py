@@ -225,7 +225,7 @@ def _where(loc: tuple) -> str:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-    return out or "(top level)"
+    return out
 
 
 def validate(manifest: Any, source: str = "manifest.json") -> None:
@@ -253,5 +253,7 @@ def validate(manifest: Any, source: str = "manifest.json") -> None:
             raise BundleError(f"{source} is malformed: the required key {where} is missing") from None
         got = repr(first.get("input"))
         got = got if len(got) <= 60 else got[:57] + "..."
+        got = "" if isinstance(first.get("input"), dict) else f", got {got}"  # a section's own check names its keys
         expected = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
-        raise BundleError(f"{source} is malformed at key {where}: {expected}, got {got}") from None
+        at = "" if not first["loc"] else f" at key {where}"
+        raise BundleError(f"{source} is malformed{at}: {expected}{got}") from None
