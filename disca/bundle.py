@@ -249,7 +249,7 @@ class Bundle:
         names, nothing listed is touched), replace manifest.json atomically (fsync'd), then remove the files
         that the old manifest listed and the new one does not."""
         new = self.manifest if manifest is None else manifest
-        text = json.dumps(new, indent=2, default=_json_default)
+        text = json.dumps(new, indent=2, default=json_default)
         schema.validate(json.loads(text), f"the new {MANIFEST} of {self.path}")  # a writer's bug changes nothing
         with sigterm_as_exit():
             old_files = set(self._on_disk()["files"])
@@ -348,7 +348,8 @@ class Bundle:
         return self.resolve(text["file"], "text.file") if text else None
 
 
-def _json_default(o):
+def json_default(o):
+    """json.dumps' fallback for what writers put in a manifest: numpy scalars, tuples."""
     import numpy as np
 
     if isinstance(o, np.generic):

@@ -24,7 +24,7 @@ import torch
 import disca
 from disca import manifest as schema
 from disca._atomic import atomic_directory
-from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry, refuse_non_bundle
+from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry, json_default, refuse_non_bundle
 from disca.errors import ShapeError
 from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
@@ -300,14 +300,6 @@ def export_bundle(
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=2, default=_json_default)
+    text = json.dumps(manifest, indent=2, default=json_default)
     schema.validate(json.loads(text), f"the exported {MANIFEST}")  # what we write, others must be able to open
     (root / MANIFEST).write_text(text)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o))
