@@ -204,7 +204,7 @@ def default_graphs(manifest: dict) -> list[str]:
 @click.option("--weight-streaming", is_flag=True, help="Build engines that can stream weights from host memory.")
 @clean_errors
 def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
-    """Build TensorRT engines (engines/<graph>.<precision>.plan) from BUNDLE's ONNX graphs.
+    """Build TensorRT engines (engines/<graph>.<precision>.<id>.plan, a fresh name per build) from BUNDLE's graphs.
 
     Needs TensorRT and an NVIDIA GPU (FP8: compute capability 8.9 or higher). One optimization
     profile per engine from the bundle's shape ranges; a timing cache kept in the bundle.
