@@ -29,7 +29,7 @@ from disca._atomic import atomic_directory, remove_stale
 from disca.bundle import FRESH, MANIFEST, Bundle, file_entry
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
-from disca.errors import BundleError, DiscaError, InputError
+from disca.errors import BundleError, DiscaError, InputError, ShapeError
 from disca.runtime import Pipeline, demo_bundle
 from tests.test_cli import error_line, invoke
 
@@ -200,6 +200,14 @@ def test_every_file_a_run_reads_must_be_listed(bundle):
         Bundle.open(bundle, verify=True)
     line = error_line(invoke(run_cli, [bundle, "--prompt", PROMPT, "--verify", *SMALL_ARGS]))
     assert "full.onnx.data" in line
+
+
+def test_absurd_ranges_in_a_manifest_do_not_allocate(bundle):
+    m = manifest_of(bundle)
+    m["ranges"]["frames"] = [2, 2 * 10**6, 2 * 10**7]  # valid numbers, a 48 GB latent at the "opt" shape
+    write_manifest(bundle, m)
+    with Pipeline.load(bundle) as pipe, pytest.raises(ShapeError, match="too large"):
+        pipe.generate(PROMPT, steps=3, anchors=[0, 2])
 
 
 def test_a_text_table_of_the_wrong_kind_is_a_bundle_error(bundle):

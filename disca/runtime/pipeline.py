@@ -35,6 +35,7 @@ from disca.runtime.schedule import (
 )
 from disca.runtime.text import Vocabulary, hash_embed
 
+MAX_LATENT = 1 << 31  # elements (8 GiB of float32): far above real video latents, below an allocation that kills
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo"  # the trained demo model, shipped in the package
 
 
@@ -181,6 +182,8 @@ class Pipeline:
         )
         steps = None if steps is None else positive_int("steps", steps, MAX_STEPS)
         self.bundle.ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)  # first
+        if batch * self.bundle.channels * frames * height * width > MAX_LATENT:  # a bundle's ranges are untrusted
+            raise ShapeError(f"a latent of {batch}x{self.bundle.channels}x{frames}x{height}x{width} is too large")
         text = self.embed_prompt(prompt) if prompt is not None else float_array("text embeddings", text_embeddings)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
