@@ -647,8 +647,8 @@ def test_property_mutated_manifests_give_a_run_or_one_bundle_error(shared, mutat
     for path, action, value in mutations:
         try:
             _mutate(m, path, action, value)
-        except (KeyError, IndexError, TypeError):
-            pass  # the path no longer exists after an earlier mutation
+        except (KeyError, IndexError, TypeError, AttributeError):
+            pass  # the path no longer exists (or its parent is no container) after an earlier mutation
     text = json.dumps(m)  # NaN / Infinity as JSON5-ish literals: json.loads reads them back, the schema refuses them
     (shared / MANIFEST).write_text(text)
     before = snapshot(shared)
