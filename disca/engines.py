@@ -11,16 +11,16 @@ sha256 of the ONNX graph it was built from. Loading compares the record with the
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 from pathlib import Path
 
-from disca._atomic import atomic_file
-from disca.bundle import MANIFEST, Bundle, file_entry
+from disca.bundle import Bundle, file_entry, fresh_name
 from disca.errors import BackendUnavailable, BundleError, EngineMismatch
 from disca.spec import DIMS, GraphSpec, resolve
 
 ENGINE_DIR = "engines"
+LEGACY_TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"  # older bundles listed their one timing cache in `files`
 FP8_MIN_CC = (8, 9)  # FP8 tensor cores: Ada, Hopper, Blackwell
 BUILD_HINT = "pip install 'disca[gpu,torch,tensorrt]' on a machine with an NVIDIA GPU"
 # The ONNX parser reads opset 23's Attention from TensorRT 10.14 and its RMSNormalization from 10.15.
@@ -161,20 +161,34 @@ def engine_record(bundle: Bundle, graph: str, precision: str) -> dict:
     return records[key]
 
 
-def add_engine(bundle: Bundle, record: dict, extra_files=()) -> None:
-    """Record an engine (its plan already written in the bundle) and rewrite the manifest atomically."""
-    manifest = bundle.manifest
-    manifest.setdefault("engines", {})[engine_key(record["graph"], record["precision"])] = record
-    for rel in (record["file"], *extra_files):
-        manifest["files"][rel] = file_entry(bundle.path, rel)
-    write_manifest(bundle)
+def add_engine(bundle: Bundle, record: dict, plan) -> dict:
+    """Write an engine's plan under a fresh name and switch the manifest to it in one atomic step; the plan it
+    replaces (same graph and precision) is removed after. -> the record written.
+
+    `plan`: bytes, or TensorRT's IHostMemory (the buffer protocol and `nbytes`, but no `len()`): a memoryview
+    reads it in place, with no copy of a multi-GB plan, as NVIDIA's demo does.
+    """
+    manifest = copy.deepcopy(bundle.manifest)
+    key = engine_key(record["graph"], record["precision"])
+    old = (manifest.get("engines") or {}).get(key)
+    stem, suffix = engine_file(record["graph"], record["precision"]).rsplit(".", 1)
+    record = {**record, "file": fresh_name(stem, "." + suffix)}
+    with bundle.staging() as stage:
+        (stage / record["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (stage / record["file"]).write_bytes(memoryview(plan).cast("B"))
+        if old:
+            manifest["files"].pop(old["file"], None)
+        manifest["files"].pop(LEGACY_TIMING_CACHE, None)  # a builder cache, not read by runs
+        manifest.setdefault("engines", {})[key] = record
+        manifest["files"][record["file"]] = file_entry(stage, record["file"])
+        bundle.commit(manifest, stage)
+    return record
 
 
 def write_manifest(bundle: Bundle) -> None:
-    """Rewrite a bundle's manifest from `bundle.manifest`, atomically."""
-    with atomic_file(bundle.path / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(bundle.manifest, indent=2))
+    """Rewrite a bundle's manifest from `bundle.manifest`: checked, fsync'd, in one atomic replace."""
+    bundle.commit()
 
 
 def plan_path(bundle: Bundle, record: dict) -> Path:
-    return bundle.path / record["file"]
+    return bundle.resolve(record["file"], f"engines.{engine_key(record['graph'], record['precision'])}.file")

@@ -5,6 +5,10 @@ class DiscaError(Exception):
     """Base class of every error a user can cause and fix."""
 
 
+class InputError(DiscaError):
+    """An argument or input (option value, prompt, array, file) is invalid; the message names it."""
+
+
 class ConfigError(DiscaError):
     """A model config or preset is invalid."""
 

@@ -36,7 +36,7 @@ def test_same_size_corruption_needs_verify(bundle_copy):
         ("{not json", "unreadable or corrupt"),
         ('{"format": "something-else"}', "not a disca bundle manifest"),
         ('{"format": "disca-bundle", "schema_version": 99}', "schema version 99"),
-        ('{"format": "disca-bundle", "schema_version": 1, "files": {}}', "incomplete or malformed"),
+        ('{"format": "disca-bundle", "schema_version": 1, "files": {}}', "required key model is missing"),
     ],
 )
 def test_bad_manifest(bundle_copy, content, message):

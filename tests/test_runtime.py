@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from disca.bundle import Bundle
-from disca.errors import NonFiniteError, ScheduleError, ShapeError
+from disca.errors import InputError, NonFiniteError, ScheduleError, ShapeError
 from disca.models.graphs import FullGraph, PredictorGraph
 from disca.runtime import DiscaPolicy, FullPolicy, Pipeline, check_anchors, sigmas
 from disca.runtime.backends import BACKENDS, get_backend
@@ -112,8 +112,11 @@ def test_run_stats_add_up(tiny_bundle):
 def test_nan_stops_the_run_naming_step_and_graph(tiny_bundle):
     with Pipeline.load(tiny_bundle) as pipe:
         text = np.full((1, 2, pipe.bundle.text_dim), np.nan, dtype=np.float32)
-        with pytest.raises(NonFiniteError, match="step 0: the full graph produced NaN"):
+        with pytest.raises(InputError, match="text embeddings contains NaN"):  # the input's fault, not the graph's
             pipe.denoise(np.zeros((1, 3, 2, 8, 8), np.float32), text, steps=4, anchors=[0])
+        huge = np.full((1, 3, 2, 8, 8), 3e38, np.float32)  # finite, but the graph overflows on it
+        with pytest.raises(NonFiniteError, match="step 0: the full graph produced NaN"):
+            pipe.denoise(huge, np.zeros_like(text), steps=4, anchors=[0])
 
 
 @pytest.mark.parametrize(

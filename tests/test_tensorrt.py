@@ -86,13 +86,15 @@ def test_engine_records_live_in_the_manifest(bundle_copy):
     b = Bundle.open(bundle_copy)
     with pytest.raises(BundleError, match=r"no fp16 TensorRT engine for the full graph .*disca-export build"):
         engine_record(b, "full", "fp16")
-    (bundle_copy / "engines").mkdir()
-    (bundle_copy / engine_file("full", "fp16")).write_bytes(b"plan bytes")
-    add_engine(b, _record(b))
+    first = add_engine(b, _record(b), b"plan bytes")
     reopened = Bundle.open(bundle_copy, verify=True)  # the plan is a listed, hashed bundle file
     assert engine_record(reopened, "full", "fp16")["gpu"] == ENV["gpu"]
-    assert reopened.manifest["files"]["engines/full.fp16.plan"]["bytes"] == len(b"plan bytes")
-    assert not [p for p in bundle_copy.iterdir() if p.name.endswith(".tmp")]  # written atomically
+    assert reopened.manifest["files"][first["file"]]["bytes"] == len(b"plan bytes")
+    assert first["file"].startswith("engines/full.fp16.") and first["file"].endswith(".plan")
+    assert not [p for p in bundle_copy.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".disca")]
+    second = add_engine(reopened, _record(reopened), b"a rebuilt plan")  # a rebuild: new name, old plan removed
+    assert second["file"] != first["file"] and not (bundle_copy / first["file"]).exists()
+    assert Bundle.open(bundle_copy, verify=True).manifest["files"][second["file"]]["bytes"] == len(b"a rebuilt plan")
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the error shown where TensorRT is absent")

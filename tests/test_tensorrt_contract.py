@@ -20,7 +20,7 @@ from disca.bundle import Bundle
 from disca.cli.export import main as export_cli
 from disca.engines import add_engine, environment, version_tuple
 from disca.errors import BackendUnavailable, DiscaError
-from disca.exporter.tensorrt_build import build_engines, write_plan
+from disca.exporter.tensorrt_build import build_engines
 from disca.runtime.backends import get_backend
 from disca.runtime.backends.onnxrt import (
     ORT_TRT_CACHE,
@@ -188,12 +188,14 @@ def _bundle_files(path):
 # ----------------------------------------------------------------------------- the builder
 
 
-def test_plan_is_written_from_a_serialized_engine_without_len(tmp_path):
+def test_plan_is_written_from_a_serialized_engine_without_len(bundle_copy):
     plan = HostMemory(b"\x00serialized engine\xff")
     with pytest.raises(TypeError):
         len(plan)  # the stand-in is faithful: what `len(plan)` did on a GPU
-    assert write_plan(tmp_path / "x.plan", plan) == plan.nbytes
-    assert (tmp_path / "x.plan").read_bytes() == bytes(plan)
+    b = Bundle.open(bundle_copy)
+    record = add_engine(b, _record(b, "full", "fp16"), plan)
+    assert (bundle_copy / record["file"]).read_bytes() == bytes(plan)
+    assert Bundle.open(bundle_copy, verify=True).manifest["files"][record["file"]]["bytes"] == plan.nbytes
 
 
 def test_build_writes_every_engine_and_leaves_no_lock_files(machine, bundle_copy):
@@ -201,20 +203,20 @@ def test_build_writes_every_engine_and_leaves_no_lock_files(machine, bundle_copy
     logs = []
     records = build_engines(bundle_copy, "fp16", ("full", "predictor"), log=logs.append)
     assert pg.built == ["full.fp16.onnx", "predictor.fp16.onnx"]  # the second graph is built too
+    b = Bundle.open(bundle_copy, verify=True)
     for graph in ("full", "predictor"):
-        assert (bundle_copy / f"engines/{graph}.fp16.plan").read_bytes() == f"plan of {graph}.fp16.onnx".encode()
+        plan = b.manifest["engines"][f"{graph}.fp16"]["file"]  # a fresh name per build
+        assert (bundle_copy / plan).read_bytes() == f"plan of {graph}.fp16.onnx".encode()
     assert [r["gpu"] for r in records] == ["NVIDIA H100 80GB HBM3"] * 2
     assert any("MiB" in line for line in logs)
-    # One timing cache per TensorRT version and compute capability, listed in the manifest, and no
-    # `.lock` or temporary file left in the bundle.
+    # One timing cache per TensorRT version and compute capability (not listed in the manifest: runs don't
+    # read it), and no `.lock` or temporary file left in the bundle.
     cache = "engines/timing.trt10.15.1.29.sm90.cache"
     files = _bundle_files(bundle_copy)
-    assert [f for f in files if f.startswith("engines/")] == sorted(
-        [cache, "engines/full.fp16.plan", "engines/predictor.fp16.plan"]
-    )
+    plans = [b.manifest["engines"][f"{graph}.fp16"]["file"] for graph in ("full", "predictor")]
+    assert [f for f in files if f.startswith("engines/")] == sorted([cache, *plans])
     assert not [f for f in files if f.endswith((".lock", ".tmp"))]
-    b = Bundle.open(bundle_copy, verify=True)
-    assert cache in b.manifest["files"]
+    assert cache not in b.manifest["files"]
     # The second build starts from the first one's cache; a rebuild from both.
     assert pg.loaded_caches == [None, b"cache:full.fp16.onnx"]
     build_engines(bundle_copy, "fp16", ("full",))
@@ -270,10 +272,8 @@ def test_environment_is_the_requested_gpus(machine):
 
 
 def _engine_records(bundle, precision="fp16", **extra):
-    (bundle.path / "engines").mkdir(exist_ok=True)
     for graph in ("full", "predictor"):
-        (bundle.path / f"engines/{graph}.{precision}.plan").write_bytes(b"plan")
-        add_engine(bundle, {**_record(bundle, graph, precision), "tensorrt": "10.15.1.29", **extra})
+        add_engine(bundle, {**_record(bundle, graph, precision), "tensorrt": "10.15.1.29", **extra}, b"plan")
 
 
 def test_engines_for_another_gpu_are_refused_on_the_requested_device(machine, bundle_copy):

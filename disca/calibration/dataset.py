@@ -42,7 +42,11 @@ def read_prompts(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
-    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"prompt file {path} is unreadable (it must be UTF-8 text): {e}") from None
+    prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
         raise ConfigError(f"prompt file {path} has no prompts (one per line)")
     return prompts

@@ -6,23 +6,21 @@
 3. Sensitivity: quantize one layer at a time (the rest FP16) and compare the graph's velocity
    with FP32 on a sample of the recorded inputs; layers whose cosine falls below the
    threshold stay FP16 (overridable both ways).
-4. Write the FP8 variants of both graphs into the bundle and check DisCa end to end.
+4. Write the FP8 variants of both graphs into the bundle (atomically) and check DisCa end to end.
 Needs onnx (the export extra), not torch.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from disca.bundle import Bundle, file_entry
+from disca.bundle import Bundle, file_entry, fresh_name
 from disca.calibration.dataset import CalibrationSet
 from disca.calibration.trajectories import record_inputs
-from disca.engines import write_manifest
 from disca.exporter import precision as prec
 from disca.exporter.validate import compare
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
@@ -112,27 +110,30 @@ def calibrate_fp8(
 
 
 def _write_variants(bundle: Bundle, variants: dict, report: Fp8Report, min_cosine: float, log) -> None:
-    """Files under temporary names first, renamed into place, then the manifest (atomically)."""
-    manifest = bundle.manifest
-    for graph, (model, n_fp8, n_all) in variants.items():
-        rel = f"{graph}.fp8.onnx"
-        with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".calibrate.") as tmp:
-            prec.save_model(model, Path(tmp) / rel)
-            os.replace(Path(tmp) / (rel + ".data"), bundle.path / (rel + ".data"))
-            os.replace(Path(tmp) / rel, bundle.path / rel)
-        for f in (rel, rel + ".data"):
-            manifest["files"][f] = file_entry(bundle.path, f)
-        fp32 = manifest["graphs"][graph]["variants"]["fp32"]
-        manifest["graphs"][graph]["variants"]["fp8"] = {
-            "file": rel,
-            "opset": fp32["opset"],
-            "precision": "fp8",
-            "produced_by": (
-                f"disca-export calibrate: FP8 E4M3 Q/DQ on {n_fp8} of {n_all} block Linear layers, max calibration "
-                f"over {report.recorded[graph]} inputs recorded from real sampling runs; layers whose solo "
-                f"quantization gave cosine < {min_cosine} kept fp16; the rest fp16"
-            ),
-            "calibration": [x.__dict__ for x in report.layers if x.graph == graph],
-        }
-        log(f"  {rel}: {n_fp8} of {n_all} layers in FP8")
-    write_manifest(bundle)
+    """New files under fresh names, then one atomic manifest switch, then the replaced fp8 files removed:
+    a kill at any moment leaves the bundle as before or as after."""
+    manifest = copy.deepcopy(bundle.manifest)
+    with bundle.staging(log) as stage:
+        for graph, (model, n_fp8, n_all) in variants.items():
+            rel = fresh_name(f"{graph}.fp8", ".onnx")
+            prec.save_model(model, stage / rel)
+            old = manifest["graphs"][graph]["variants"].get("fp8")
+            if old:
+                for f in (old["file"], old["file"] + ".data"):
+                    manifest["files"].pop(f, None)
+            for f in (rel, rel + ".data"):
+                manifest["files"][f] = file_entry(stage, f)
+            fp32 = manifest["graphs"][graph]["variants"]["fp32"]
+            manifest["graphs"][graph]["variants"]["fp8"] = {
+                "file": rel,
+                "opset": fp32["opset"],
+                "precision": "fp8",
+                "produced_by": (
+                    f"disca-export calibrate: FP8 E4M3 Q/DQ on {n_fp8} of {n_all} block Linear layers, max "
+                    f"calibration over {report.recorded[graph]} inputs recorded from real sampling runs; layers "
+                    f"whose solo quantization gave cosine < {min_cosine} kept fp16; the rest fp16"
+                ),
+                "calibration": [x.__dict__ for x in report.layers if x.graph == graph],
+            }
+            log(f"  {rel}: {n_fp8} of {n_all} layers in FP8")
+        bundle.commit(manifest, stage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 
@@ -35,6 +36,20 @@ def clean_errors(fn):
             ) from None
 
     return wrapper
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which compare False with every bound, so pass a range)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
+def positive_float() -> FiniteFloat:
+    return FiniteFloat(min=0, min_open=True)
 
 
 def parse_range(text: str, name: str, default_opt: int) -> list[int]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from disca.benchmark import DEFAULT_POLICIES
-from disca.cli._common import clean_errors
+from disca.cli._common import FiniteFloat, clean_errors
+from disca.manifest import MAX_STEPS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,10 +23,10 @@ from disca.cli._common import clean_errors
 @click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompt x seed clips per run.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")
-@click.option("--teacher-steps", default=50, show_default=True)
-@click.option("--guidance", default=4.0, show_default=True)
+@click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS))
+@click.option("--guidance", default=4.0, show_default=True, type=FiniteFloat(min=0))
 @click.option("--backend", default="onnxruntime", show_default=True)
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
 @click.option("--out", "out_dir", default="bench-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @clean_errors
@@ -54,6 +56,7 @@ def main(
       disca-bench --samples 16                                        # needs minutes on CPU
       disca-bench bundles/student --anchors 10,8,6 --prompts prompts.txt --teacher bundles/teacher  # needs bundles
     """
+    from disca._atomic import check_writable
     from disca.benchmark import BENCH_SEED, markdown, plot, run_benchmark
     from disca.bundle import Bundle
     from disca.calibration.dataset import calibration_set, read_prompts
@@ -61,6 +64,7 @@ def main(
     from disca.runtime.schedule import POLICIES
 
     bundle = bundle or demo_bundle()
+    check_writable(out_dir, "report directory", directory=True)  # before the runs, not after them
     names = [p.strip() for p in policies.split(",") if p.strip()]
     for name in names:  # a clear error for an unknown name, before any run
         if name not in POLICIES:
@@ -107,6 +111,6 @@ def _numbers(text: str, kind, option: str) -> list:
         values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise click.BadParameter(f"expected comma-separated positive numbers, got {text!r}", param_hint=option)
     return values

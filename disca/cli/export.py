@@ -13,8 +13,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from disca.bundle import Bundle, resolve_bundle
-from disca.cli._common import clean_errors, parse_range
+from disca._atomic import check_writable
+from disca.bundle import Bundle, refuse_non_bundle, resolve_bundle
+from disca.cli._common import FiniteFloat, clean_errors, parse_range
+from disca.manifest import MAX_STEPS
 from disca.spec import DIMS, ShapeRanges
 
 PRESET_NAMES = ("tiny", "demo")  # kept in step with disca.models.config.PRESETS (tested)
@@ -48,7 +50,13 @@ def main():
     type=click.Path(path_type=Path),
     help="With --from: a predictor trained on that model (`disca-train predictor --from ...`).",
 )
-@click.option("--predictor-depth", default=2, show_default=True, help="With --from: blocks of a fresh predictor.")
+@click.option(
+    "--predictor-depth",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="With --from: blocks of a fresh predictor.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option(
     "--opset",
@@ -68,7 +76,9 @@ def main():
     show_default=True,
     help="Graph variants, comma-separated from fp32,fp16,fp8 (fp32 is always written).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights with --preset.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the random weights with --preset."
+)
 @click.option("--no-weights", is_flag=True, help="Leave the PyTorch weights out (no torch backend for this bundle).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--verbose", is_flag=True, help="Show the exporter's own output.")
@@ -110,6 +120,7 @@ def onnx_cmd(
         raise click.UsageError("--predictor goes with --from diffusers:PATH (a --checkpoint carries its predictor)")
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} already exists: choose another --out or pass --overwrite")
+    refuse_non_bundle(out)  # --overwrite replaces a bundle, never a directory of something else
     precisions = ["fp32", *(p.strip().lower() for p in precision.split(",") if p.strip() not in ("", "fp32"))]
     for p in precisions:
         if p not in PRECISIONS:
@@ -198,7 +209,7 @@ def default_graphs(manifest: dict) -> list[str]:
 @click.option("--weight-streaming", is_flag=True, help="Build engines that can stream weights from host memory.")
 @clean_errors
 def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
-    """Build TensorRT engines (engines/<graph>.<precision>.plan) from BUNDLE's ONNX graphs.
+    """Build TensorRT engines (engines/<graph>.<precision>.<id>.plan, a fresh name per build) from BUNDLE's graphs.
 
     Needs TensorRT and an NVIDIA GPU (FP8: compute capability 8.9 or higher). One optimization
     profile per engine from the bundle's shape ranges; a timing cache kept in the bundle.
@@ -210,8 +221,8 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     """
     from disca.exporter.tensorrt_build import build_engines
 
-    resolve_bundle(bundle, write=True)
-    names = default_graphs(Bundle.open(bundle).manifest) if graphs is None else graphs.split(",")
+    b = _open_to_change(bundle)
+    names = default_graphs(b.manifest) if graphs is None else graphs.split(",")
     names = [g.strip() for g in names if g.strip()]
     for g in names:
         if g not in ("full", "predictor", "head", "first"):
@@ -230,6 +241,13 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     )
     for r in records:
         console.print(f"[green]built {r['file']}[/green] (TensorRT {r['tensorrt']}, {r['gpu']})")
+
+
+def _open_to_change(path) -> Bundle:
+    """Open a bundle that a command will rewrite (not the shipped demo): checked writable before any work."""
+    b = Bundle.open(resolve_bundle(path, write=True))
+    check_writable(b.path, "bundle", directory=True)
+    return b
 
 
 def samples_option(default: int, help: str):
@@ -251,6 +269,7 @@ def _calibration_set(bundle, prompts, samples, seed=0):
     "--min-cosine",
     default=0.9995,
     show_default=True,
+    type=FiniteFloat(0, 1),
     help="A layer whose solo FP8 quantization gives a lower output cosine stays FP16.",
 )
 @click.option("--keep-fp16", default="", help="Layers (module paths or node names) to keep FP16, comma-separated.")
@@ -270,7 +289,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
     from disca.runtime.schedule import calibrated_reuse_gaps
 
-    b = Bundle.open(resolve_bundle(bundle, write=True))
+    b = _open_to_change(bundle)
     cal = _calibration_set(b, prompts, samples)
     console = Console(stderr=True)
     split = lambda text: {x.strip() for x in text.split(",") if x.strip()}  # noqa: E731
@@ -329,7 +348,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     from disca.calibration.teacache import calibrate_teacache
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(resolve_bundle(bundle, write=True))
+    b = _open_to_change(bundle)
     if "first" not in b.manifest["graphs"]:
         raise click.UsageError(f"bundle {bundle} has no probe graph (`first`): re-export it with this disca version")
     cal = _calibration_set(b, prompts, samples)
@@ -347,8 +366,10 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 
 @main.command("schedule")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
-@click.option("--anchors", "k", type=int, help="Also make the searched list of K anchors the default schedule.")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
+@click.option(
+    "--anchors", "k", type=click.IntRange(1), help="Also make the searched list of K anchors the default schedule."
+)
 @click.option("--prompts", type=click.Path(path_type=Path), help="Calibration prompts, one per line.")
 @samples_option(8, "Prompt x seed samples per evaluated run.")
 @click.option(
@@ -377,8 +398,9 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
     from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    b = Bundle.open(resolve_bundle(bundle, write=not no_write))
-    steps = steps or b.schedule.steps
+    b = Bundle.open(bundle) if no_write else _open_to_change(bundle)
+    check_writable(report_dir, "report directory", directory=True)  # before the search, not after it
+    steps = b.schedule.steps if steps is None else steps
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
         raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from disca.cli._common import clean_errors
+from disca.cli._common import clean_errors, positive_float
+from disca.manifest import MAX_STEPS
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
 from disca.runtime.schedule import POLICIES, parse_anchors
@@ -25,8 +26,8 @@ from disca.runtime.video import check_path, write
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--prompt", help="Text prompt.")
 @click.option("--text-embeddings", type=click.Path(path_type=Path), help="Precomputed text embeddings (L, Dt) .npy.")
-@click.option("--steps", type=int, help="Sampling steps (default: the bundle's schedule).")
-@click.option("--shift", type=float, help="Sigma shift (default: the bundle's schedule).")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
+@click.option("--shift", type=positive_float(), help="Sigma shift (default: the bundle's schedule).")
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
 @click.option(
     "--anchors",
@@ -44,10 +45,10 @@ from disca.runtime.video import check_path, write
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(min=0, min_open=True),
+    type=positive_float(),
     help="teacache / first-block: skip while the change stays under this (default 0.5 / 0.3).",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
 @click.option(
     "--providers",
@@ -55,7 +56,7 @@ from disca.runtime.video import check_path, write
     show_default=True,
     help="ONNX Runtime execution providers, in order: cpu, cuda, tensorrt (comma-separated).",
 )
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "fp8"]),
@@ -63,13 +64,25 @@ from disca.runtime.video import check_path, write
 )
 @click.option("--cuda-graphs", is_flag=True, help="tensorrt: replay each engine as a CUDA graph (static engines).")
 @click.option("--device", default="cpu", show_default=True, help="torch backend device: cpu or cuda.")
-@click.option("--frames", type=int, help="Latent frames (default: the bundle's opt shape).")
-@click.option("--height", type=int, help="Latent height.")
-@click.option("--width", type=int, help="Latent width.")
-@click.option("--batch", default=1, show_default=True, help="Videos per run (same prompt, one noise draw).")
+@click.option("--frames", type=click.IntRange(1), help="Latent frames (default: the bundle's opt shape).")
+@click.option("--height", type=click.IntRange(1), help="Latent height.")
+@click.option("--width", type=click.IntRange(1), help="Latent width.")
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Videos per run (same prompt, one noise draw).",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result: .gif, .mp4 or .npy (raw latent).")
-@click.option("--fps", default=8, show_default=True)
-@click.option("--upscale", default=1, show_default=True, help="Integer upscaling of the written video frames.")
+@click.option("--fps", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--upscale",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Integer upscaling of the written video frames.",
+)
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option(
     "--json",
@@ -204,9 +217,13 @@ def _backend_options(backend, providers, threads, precision, cuda_graphs, device
 
 def _load_embeddings(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise click.ClickException(f"cannot read text embeddings {path}: {e}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        got = f"dtype {array.dtype}" if isinstance(array, np.ndarray) else "an .npz archive"
+        raise click.ClickException(f"text embeddings {path} must be one float array (L, Dt) in .npy, got {got}")
+    return array
 
 
 class _progress:

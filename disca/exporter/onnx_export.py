@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 import disca
+from disca import manifest as schema
 from disca._atomic import atomic_directory
-from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry
+from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry, json_default, refuse_non_bundle
 from disca.errors import ConfigError, ShapeError
 from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
@@ -138,6 +139,7 @@ def export_bundle(
 
     from disca.exporter import precision as prec
 
+    refuse_non_bundle(out)  # an existing bundle is replaced (atomically); anything else is never touched
     if opset not in OPSETS:
         raise ShapeError(f"opset {opset} is not supported; choose one of {OPSETS}")
     unknown = [p for p in precisions if p not in prec.PRECISIONS]
@@ -157,7 +159,7 @@ def export_bundle(
         modules["first"] = FirstBlockGraph(dit)
     shapes = export_shapes(ranges)
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, log) as tmp:
         graphs = {}
         for name, spec in specs.items():
             path = tmp / f"{name}.onnx"
@@ -238,12 +240,6 @@ def export_bundle(
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o))
+    text = json.dumps(manifest, indent=2, default=json_default)
+    schema.validate(json.loads(text), f"the exported {MANIFEST}")  # what we write, others must be able to open
+    (root / MANIFEST).write_text(text)

@@ -21,7 +21,6 @@ from disca.engines import (
     add_engine,
     check_parser_supports,
     check_precision_supported,
-    engine_file,
     environment,
     graph_digest,
     profile_shapes,
@@ -57,18 +56,6 @@ def _progress_monitor(log):
     return Monitor()
 
 
-def write_plan(path, plan) -> int:
-    """Write a serialized engine atomically. -> its size in bytes.
-
-    `plan` is TensorRT's IHostMemory: the buffer protocol and `nbytes`, but no `len()`; a memoryview
-    reads it in place (no copy of a multi-GB plan), as NVIDIA's demo does.
-    """
-    data = memoryview(plan).cast("B")
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
-    return data.nbytes
-
-
 def _last_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[-1] if text else type(err).__name__
@@ -98,8 +85,9 @@ def build_engines(
     from polygraphy.exception import PolygraphyException
 
     failures = (PolygraphyException, RuntimeError, TypeError, ValueError)  # Polygraphy's, and the bindings'
-    cache_rel = timing_cache_file(env)
-    cache = bundle.path / cache_rel
+    # One timing cache per TensorRT version and compute capability. Not read by runs, so not listed in `files`:
+    # it is replaced (atomically) after each engine's manifest switch.
+    cache = bundle.resolve(timing_cache_file(env), "engines (the TensorRT timing cache)")
     (bundle.path / ENGINE_DIR).mkdir(exist_ok=True)
     records = []
     for graph in graphs:
@@ -141,16 +129,9 @@ def build_engines(
             new_cache.seek(0)
             cache_bytes = new_cache.read()
         build_s = time.perf_counter() - t0
-        rel = engine_file(graph, precision)
-        nbytes = write_plan(bundle.path / rel, plan)
-        del plan
-        if cache_bytes:  # it already holds the loaded cache's entries (the builder started from them)
-            with atomic_file(cache) as tmp:
-                tmp.write_bytes(cache_bytes)
         record = {
             "graph": graph,
             "precision": precision,
-            "file": rel,
             "onnx": onnx_path.name,
             "onnx_sha256": graph_digest(bundle, graph, precision),
             **env,
@@ -160,7 +141,12 @@ def build_engines(
             "weight_streaming": weight_streaming,
             "build_s": round(build_s, 1),
         }
-        add_engine(bundle, record, extra_files=[cache_rel] if cache.exists() else [])
-        log(f"  {rel}: {nbytes / 2**20:.1f} MiB in {build_s:.0f}s")
+        record = add_engine(bundle, record, plan)  # a fresh plan file, then one manifest switch
+        del plan
+        if cache_bytes:  # it already holds the loaded cache's entries (the builder started from them)
+            with atomic_file(cache) as tmp:
+                tmp.write_bytes(cache_bytes)
+        nbytes = bundle.manifest["files"][record["file"]]["bytes"]
+        log(f"  {record['file']}: {nbytes / 2**20:.1f} MiB in {build_s:.0f}s")
         records.append(record)
     return records

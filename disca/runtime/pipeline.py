@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from disca.bundle import SHIPPED_DEMO, Bundle, shipped_demo
-from disca.errors import BundleError, ShapeError
+from disca.errors import BundleError, ScheduleError, ShapeError
+from disca.manifest import MAX_STEPS
 from disca.runtime.backends import Backend, get_backend
+from disca.runtime.inputs import check_prompt, float_array, non_negative_int, positive_float, positive_int
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import (
     THRESHOLD_POLICIES,
@@ -22,6 +25,7 @@ from disca.runtime.schedule import (
 from disca.runtime.text import hash_embed
 from disca.vocab import Vocabulary
 
+MAX_LATENT = 1 << 31  # elements (8 GiB of float32): far above real video latents, below an allocation that kills
 DEMO_BUNDLE = SHIPPED_DEMO  # the trained demo model, shipped in the package
 demo_bundle = shipped_demo  # its path; `Pipeline.load("demo")` opens it
 
@@ -58,7 +62,7 @@ class Pipeline:
         self.backend = backend
         text = bundle.manifest.get("text")
         self.vocab = Vocabulary(text["vocab"]) if text else None
-        self.text_table = np.load(bundle.path / text["file"]) if text else None
+        self.text_table = _text_table(bundle) if text else None
 
     @classmethod
     def load(cls, path, backend: str = "onnxruntime", verify: bool = False, **backend_options) -> Pipeline:
@@ -79,6 +83,7 @@ class Pipeline:
 
     def embed_prompt(self, prompt: str) -> np.ndarray:
         """-> (L, Dt) text-token embeddings: the bundle's learned table, or hashed words for an untrained model."""
+        check_prompt(prompt)
         if self.vocab is None:
             return hash_embed(prompt, self.bundle.text_dim)
         return self.text_table[self.vocab.ids(prompt)]
@@ -93,14 +98,23 @@ class Pipeline:
         self, frames: int | None = None, height: int | None = None, width: int | None = None, batch: int = 1
     ) -> tuple[int, int, int, int, int]:
         """(B, C, F, H, W) of a latent; unset sizes are the bundle's optimum (the middle of its ranges)."""
-        ranges = self.bundle.ranges
-        frames, height, width = frames or ranges.frames[1], height or ranges.height[1], width or ranges.width[1]
-        return batch, self.bundle.channels, frames, height, width
+        ranges = self.bundle.ranges  # None: the opt shape the bundle was exported for; 0 is an error, not a default
+        frames, height, width = (
+            getattr(ranges, name)[1] if value is None else positive_int(name, value)
+            for name, value in (("frames", frames), ("height", height), ("width", width))
+        )
+        return positive_int("batch", batch), self.bundle.channels, frames, height, width
 
     # ---------------------------------------------------------------- sampling
 
     def _anchors(self, steps: int, anchors):
         """An int K is a budget: the bundle's best-known list of K anchors (searched, default, official, uniform)."""
+        if isinstance(anchors, np.ndarray):
+            anchors = anchors.tolist()
+        if isinstance(anchors, bool) or not (
+            anchors is None or anchors == "full" or isinstance(anchors, int | np.integer | list | tuple)
+        ):
+            raise ScheduleError(f"anchors must be a list of steps, an int K, 'full' or None, got {anchors!r}")
         if isinstance(anchors, int | np.integer):
             return budget_anchors(self.bundle.manifest, steps, int(anchors))[0]
         return anchors
@@ -146,10 +160,11 @@ class Pipeline:
         "taylorseer2" (on the anchors), or "teacache" / "first-block", which pick their full steps
         themselves, skipping while a change measure stays under `threshold` (None: the policy's default).
         """
-        steps = steps or self.bundle.schedule.steps
-        shift = shift or self.bundle.schedule.shift
+        steps = self.bundle.schedule.steps if steps is None else positive_int("steps", steps, MAX_STEPS)
+        shift = self.bundle.schedule.shift if shift is None else positive_float("shift", shift)
+        threshold = None if threshold is None else positive_float("threshold", threshold)
         chosen = self._policy(steps, shift, self._anchors(steps, anchors), policy, threshold)
-        latent, text = np.asarray(latent, np.float32), np.asarray(text, np.float32)
+        latent, text = float_array("latent", latent), float_array("text embeddings", text)
         self._check_shapes(latent, text)
         return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)
 
@@ -177,17 +192,22 @@ class Pipeline:
         """
         if (prompt is None) == (text_embeddings is None):
             raise ShapeError("give exactly one of a prompt or text embeddings")
-        text = self.embed_prompt(prompt) if prompt is not None else np.asarray(text_embeddings, np.float32)
-        seeds = [int(s) for s in seed] if isinstance(seed, list | tuple | np.ndarray) else None
-        batch = len(seeds) if seeds is not None else batch
+        seeds = [non_negative_int("seed", s) for s in seed] if isinstance(seed, list | tuple | np.ndarray) else None
+        batch = positive_int("batch", len(seeds) if seeds is not None else batch)
+        shape = self.latent_shape(frames, height, width, batch)
+        _, _, frames, height, width = shape
+        steps = None if steps is None else positive_int("steps", steps, MAX_STEPS)
+        self.bundle.ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)  # first
+        if math.prod(shape) > MAX_LATENT:  # a bundle's ranges are untrusted
+            raise ShapeError(f"a latent of {'x'.join(map(str, shape))} is too large")
+        text = self.embed_prompt(prompt) if prompt is not None else float_array("text embeddings", text_embeddings)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
-        shape = self.latent_shape(frames, height, width, 1)[1:]
         if seeds is None:
-            noise = np.random.default_rng(seed).standard_normal((batch, *shape))
+            noise = np.random.default_rng(non_negative_int("seed", seed)).standard_normal(shape)
         else:
-            noise = np.concatenate([np.random.default_rng(s).standard_normal((1, *shape)) for s in seeds])
-        anchors = self._anchors(steps or self.bundle.schedule.steps, anchors)
+            noise = np.concatenate([np.random.default_rng(s).standard_normal((1, *shape[1:])) for s in seeds])
+        anchors = self._anchors(self.bundle.schedule.steps if steps is None else steps, anchors)
         latent, stats = self.denoise(
             noise, text, steps=steps, shift=shift, anchors=anchors, policy=policy, threshold=threshold, on_step=on_step
         )
@@ -205,3 +225,19 @@ class Pipeline:
             )
         b, _, f, h, w = latent.shape
         self.bundle.ranges.check(self.bundle.patch, batch=b, frames=f, height=h, width=w, text_len=text.shape[1])
+
+
+def _text_table(bundle: Bundle) -> np.ndarray:
+    """The bundle's (vocabulary, Dt) word-embedding table, checked: it is untrusted input like the rest."""
+    path = bundle.text_path
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise BundleError(f"bundle {bundle.path}: the text table {path.name} (text.file) is unreadable: {e}") from None
+    want = (len(bundle.manifest["text"]["vocab"]), bundle.text_dim)
+    if not isinstance(table, np.ndarray) or table.dtype.kind != "f" or table.shape != want:
+        got = f"{table.dtype} {table.shape}" if isinstance(table, np.ndarray) else type(table).__name__
+        raise BundleError(f"bundle {bundle.path}: the text table {path.name} must be float {want}, got {got}")
+    if not np.isfinite(table).all():
+        raise BundleError(f"bundle {bundle.path}: the text table {path.name} contains NaN or Inf")
+    return table.astype(np.float32, copy=False)

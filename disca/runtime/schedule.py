@@ -19,7 +19,11 @@ def sigmas(steps: int, shift: float) -> np.ndarray:
     if shift <= 0:
         raise ScheduleError(f"shift must be > 0, got {shift}")
     s = np.linspace(1.0, 0.0, steps + 1)
-    return shift * s / (1 + (shift - 1) * s)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = shift * s / (1 + (shift - 1) * s)
+    if not np.isfinite(out).all():  # a shift so small (or large) that 1 + (shift - 1) rounds to 0 (or overflows)
+        raise ScheduleError(f"shift {shift} is outside what the sampler can represent: use a shift near 1..20")
+    return out
 
 
 def check_anchors(anchors, steps: int) -> list[int]:

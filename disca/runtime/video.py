@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from disca._atomic import current_umask
+from disca._atomic import check_writable, current_umask, sigterm_as_exit
 from disca.errors import DiscaError
+from disca.runtime.inputs import positive_int
 
 FORMATS = (".gif", ".mp4", ".npy")
 
@@ -32,18 +33,26 @@ def to_frames(latent: np.ndarray, upscale: int = 1) -> np.ndarray:
 
 
 def check_path(path) -> str:
-    """The output's format (its suffix), or a DiscaError: check before a run, not after it."""
+    """The output's format (its suffix), or a DiscaError: check before a run (format and writability), not after it."""
     ext = Path(path).suffix.lower()
     if ext not in FORMATS:
         raise DiscaError(f"cannot write {Path(path).name}: the output must end in one of {', '.join(FORMATS)}")
+    check_writable(path, "output")
     return ext
 
 
 def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
     path = Path(path)
+    fps, upscale = positive_int("fps", fps), positive_int("upscale", upscale)
     ext = check_path(path)
     frames = None if ext == ".npy" else to_frames(latent, upscale)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with sigterm_as_exit():  # SIGTERM removes the temporary file as Ctrl-C does
+        _write(path, ext, latent, frames, fps)
+    return path
+
+
+def _write(path: Path, ext: str, latent: np.ndarray, frames, fps: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
     os.close(fd)
     try:
@@ -61,4 +70,3 @@ def write(path, latent: np.ndarray, fps: int = 8, upscale: int = 1) -> Path:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path

@@ -8,8 +8,9 @@ from importlib import metadata
 import numpy as np
 
 from disca.engines import ENGINE_DIR, profile_shapes
-from disca.errors import BackendUnavailable, DiscaError
+from disca.errors import BackendUnavailable, BundleError, DiscaError
 from disca.runtime.backends.base import HEAD_USERS, Backend
+from disca.runtime.inputs import positive_int
 
 # Where each execution provider keeps its tensors (for I/O binding).
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -137,8 +138,10 @@ class OnnxRuntimeBackend(Backend):
         device_id: int = 0,
     ):
         super().__init__(bundle)
+        if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+            raise DiscaError(f"providers must be a list of names (cpu, cuda, tensorrt), got {providers!r}")
         self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
-        self.threads = threads
+        self.threads = None if threads is None else positive_int("threads", threads)  # 0 is not "all cores"
         self.precision = precision
         self.spinning = spinning
         self.device_id = device_id
@@ -197,6 +200,7 @@ class OnnxRuntimeBackend(Backend):
             if can_report:
                 self.placement[graph] = placement(session)
                 check_placement(self.placement[graph], self.providers[0], graph)
+            _check_inputs(graph, session, self.bundle)
             self.sessions[graph] = session
         self.device = _DEVICE.get(self.providers[0], "cpu")
         self._out = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
@@ -215,7 +219,12 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_ortvalue_input("hidden", cache)
         for name in self._out[graph]:
             binding.bind_output(name, self.device, self.device_id)
-        session.run_with_iobinding(binding)
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as e:  # ORT's own exception types: a graph that does not match its manifest declaration
+            raise DiscaError(
+                f"ONNX Runtime failed running the {graph} graph of {self.bundle.path}: {str(e).splitlines()[0]}"
+            ) from None
         return binding.get_outputs()
 
     def _full_impl(self, latent, t, r, text):
@@ -244,3 +253,19 @@ class OnnxRuntimeBackend(Backend):
 
     def to_numpy(self, x) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else x.numpy()  # velocities are numpy, the cache an OrtValue
+
+
+def _check_inputs(graph: str, session, bundle) -> None:
+    """The graph's inputs are those its manifest declares (names, fixed dims): the runtime sizes its arrays from
+    the declaration, so a manifest that lies about the graph must fail here, not in an allocation or in ORT."""
+    declared = {t.name: t.shape for t in bundle.specs[graph].inputs}
+    actual = {i.name: i.shape for i in session.get_inputs()}
+    mismatch = set(declared) != set(actual) or any(
+        len(declared[n]) != len(actual[n]) or any(isinstance(d, int) and d != a for d, a in zip(declared[n], actual[n]))
+        for n in declared
+    )
+    if mismatch:
+        raise BundleError(
+            f"bundle {bundle.path}: the {graph} graph's inputs {actual} do not match the manifest's "
+            f"graphs.{graph}.spec {declared}"
+        )
