@@ -103,7 +103,7 @@ def denoise(
         graph = "full" if full else policy.cached_graph_at(i)
         t0 = time.perf_counter()
         if full:
-            u, cache = backend.full(x, t, r, text)
+            u, cache = policy.full_step(backend, x, t, r, text, probe)
             policy.observe(backend, i, float(sig[i]), cache)
         else:
             u = policy.cached_velocity(backend, i, float(sig[i]), x, t, r, text, cache)
