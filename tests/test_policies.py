@@ -365,3 +365,26 @@ def test_benchmark_runs_dbcache(tiny_bundle):
     assert row["passes"] == {"full": 6, "tail": 14, "first": 20}  # steps 0, 1 (warm-up), then 1 full in 4
     assert "| dbcache-ts1 | no threshold, <= 3 cached in a row, warm-up 2 |" in markdown(report)
     assert "THRESHOLD/CAP" in error_line(invoke(bench_cli, [tiny_bundle, "--dbcache", "0.2"]))
+
+
+def test_untrained_forecast_predictor_is_taylorseer_order_1(tiny_model):
+    """A residual predictor that reads the Taylor forecast starts as exactly that forecast: DisCa with it,
+    untrained, gives TaylorSeer-1's run on the same anchors."""
+    from disca.models import CachePredictor
+    from disca.runtime.sampler import denoise
+
+    cfg, dit, _ = tiny_model
+    pcfg = type(cfg.predictor)(depth=1, residual=True, forecast=True)
+    predictor = CachePredictor(cfg.dit, pcfg).eval()
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, 3, 2, 8, 8)).astype(np.float32)
+    text = rng.standard_normal((1, 4, 16)).astype(np.float32)
+    anchors = [0, 1, 3, 4]
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        assert backend.forecast_input
+        outs = [
+            denoise(backend, latent, text, steps=6, shift=3.0, policy=make_policy(name, anchors))[0]
+            for name in ("disca", "taylorseer1", "reuse")
+        ]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(outs[0], outs[2], atol=1e-4)  # ... which is not plain reuse

@@ -7,6 +7,8 @@ This measures both on the model's own all-full sampling runs over the calibratio
 for every anchor step a and later step s, both estimates of the velocity at s from the
 cache of a, against the true velocity of the full DiT at s (relative MSE, averaged over
 samples and anchor steps per gap). Where reuse comes out closer, the runtime reuses.
+A predictor that reads the Taylor forecast (`PredictorConfig.forecast`) gets it from the
+anchors a - gap and a (evenly spaced anchors; the cache of a alone when a < gap).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from disca.calibration.dataset import CalibrationSet
-from disca.runtime.schedule import sigmas
+from disca.runtime.schedule import TaylorForecast, sigmas
 
 
 def _rel_mse(est: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -45,7 +47,15 @@ def gap_errors(backend, cal: CalibrationSet, *, steps: int, shift: float, batch:
             for s in range(a + 1, steps):
                 args = (xs[s], times[s], times[s + 1], text, cache)
                 e = err[s - a]
-                e["predictor"] += float(_rel_mse(backend.to_numpy(backend.predict(*args)), velocities[s]).sum())
+                if backend.forecast_input:
+                    forecast = TaylorForecast(1)
+                    for anchor in (a - (s - a), a):
+                        if anchor >= 0:
+                            forecast.update(anchor, caches[anchor])
+                    pred = backend.predict(*args[:4], backend.asarray(forecast(s)))
+                else:
+                    pred = backend.predict(*args)
+                e["predictor"] += float(_rel_mse(backend.to_numpy(pred), velocities[s]).sum())
                 e["reuse"] += float(_rel_mse(backend.to_numpy(backend.head(*args)), velocities[s]).sum())
                 e["pairs"] += n
     return [

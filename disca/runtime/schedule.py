@@ -132,56 +132,6 @@ class AnchorPolicy(Policy):
         return step in self._anchors
 
 
-class DiscaPolicy(AnchorPolicy):
-    """DisCa: the learned predictor forecasts the hidden state from the cache and the current input.
-
-    `reuse_gaps`: the gaps (steps since the last anchor) where the cache goes through the head unchanged
-    instead, because on the model's calibration runs that came closer to the true velocity than the
-    predictor did (`disca-export schedule` measures it, see `disca.calibration.gaps`). A head call is
-    cheaper than a predictor call, so the fallback never costs time.
-    """
-
-    name = "disca"
-
-    def __init__(self, anchors, reuse_gaps=()):
-        super().__init__(anchors)
-        self.reuse_gaps = frozenset(int(g) for g in reuse_gaps)
-
-    def reset(self, steps: int) -> None:
-        super().reset(steps)
-        self.last_anchor = 0
-
-    def observe(self, backend, step, sigma, cache) -> None:
-        self.last_anchor = step
-
-    def cached_graph_at(self, step: int) -> str:
-        return "head" if step - self.last_anchor in self.reuse_gaps else "predictor"
-
-    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
-        if self.cached_graph_at(step) == "head":
-            return backend.head(x, t, r, text, cache)
-        return backend.predict(x, t, r, text, cache)
-
-
-class DiscaPredictorPolicy(DiscaPolicy):
-    """The paper's DisCa: the predictor on every cached step, whatever the bundle calibrated."""
-
-    name = "disca-predictor"
-
-    def __init__(self, anchors):
-        super().__init__(anchors)
-
-
-class ReusePolicy(AnchorPolicy):
-    """FORA-style: the last anchor's hidden state, unchanged, through the DiT's head (the degenerate predictor)."""
-
-    name = "reuse"
-    cached_graph = "head"
-
-    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
-        return backend.head(x, t, r, text, cache)
-
-
 class TaylorForecast:
     """TaylorSeer's forecast (Liu et al. 2025, as in its reference code and cache-dit / diffusers): at each full
     step the feature's finite differences are updated in STEP INDEX, dY[i+1] = (dY[i] - dY_prev[i]) / window
@@ -207,6 +157,66 @@ class TaylorForecast:
             fact *= i
             out = out + term * (k**i / fact)
         return out
+
+
+class DiscaPolicy(AnchorPolicy):
+    """DisCa: the learned predictor forecasts the hidden state from the cache and the current input.
+
+    `reuse_gaps`: the gaps (steps since the last anchor) where the cache goes through the head unchanged
+    instead, because on the model's calibration runs that came closer to the true velocity than the
+    predictor did (`disca-export schedule` measures it, see `disca.calibration.gaps`). A head call is
+    cheaper than a predictor call, so the fallback never costs time.
+    """
+
+    name = "disca"
+
+    def __init__(self, anchors, reuse_gaps=()):
+        super().__init__(anchors)
+        self.reuse_gaps = frozenset(int(g) for g in reuse_gaps)
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.last_anchor = 0
+        self.forecast = TaylorForecast(1)
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        self.last_anchor = step
+        if backend.forecast_input:  # a host copy: a backend may refill the same cache buffer on the next anchor
+            self.forecast.update(step, backend.to_numpy(cache).copy())
+
+    def predictor_input(self, backend, step: int, cache):
+        """What the predictor reads as its cache: the anchor's hidden state, or (a predictor trained on it,
+        `PredictorConfig.forecast`) TaylorSeer's first-order forecast from the last two anchors."""
+        if not backend.forecast_input:
+            return cache
+        return backend.asarray(self.forecast(step))
+
+    def cached_graph_at(self, step: int) -> str:
+        return "head" if step - self.last_anchor in self.reuse_gaps else "predictor"
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        if self.cached_graph_at(step) == "head":
+            return backend.head(x, t, r, text, cache)
+        return backend.predict(x, t, r, text, self.predictor_input(backend, step, cache))
+
+
+class DiscaPredictorPolicy(DiscaPolicy):
+    """The paper's DisCa: the predictor on every cached step, whatever the bundle calibrated."""
+
+    name = "disca-predictor"
+
+    def __init__(self, anchors):
+        super().__init__(anchors)
+
+
+class ReusePolicy(AnchorPolicy):
+    """FORA-style: the last anchor's hidden state, unchanged, through the DiT's head (the degenerate predictor)."""
+
+    name = "reuse"
+    cached_graph = "head"
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        return backend.head(x, t, r, text, cache)
 
 
 class TaylorSeerPolicy(AnchorPolicy):

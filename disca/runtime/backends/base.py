@@ -30,6 +30,13 @@ class Backend:
         self.bundle = bundle
         self.active = False
 
+    @property
+    def forecast_input(self) -> bool:
+        """Whether the predictor takes the Taylor forecast of the hidden state as its cache (the bundle's
+        `model.predictor.forecast`; absent in older bundles: the last anchor's hidden state)."""
+        model = (self.bundle.manifest.get("model") or {}) if self.bundle is not None else {}
+        return bool((model.get("predictor") or {}).get("forecast", False))
+
     # ---------------------------------------------------------------- lifecycle
 
     def activate(self) -> Backend:

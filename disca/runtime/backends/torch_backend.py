@@ -49,6 +49,12 @@ class TorchBackend(Backend):
         self.rest_graph = RestGraph(dit).to(self.device) if self.first_graph else None
         self.tail_graph = TailGraph(dit).to(self.device)
 
+    @property
+    def forecast_input(self) -> bool:
+        if self.modules is not None:  # in-memory modules (training): the predictor says
+            return bool(getattr(self.modules[1], "forecast", False))
+        return super().forecast_input
+
     def _deactivate_impl(self) -> None:
         self.full_graph = self.predictor_graph = self.head_graph = self.first_graph = None
         self.rest_graph = self.tail_graph = None
