@@ -23,6 +23,7 @@ from disca.runtime.schedule import (
     FullPolicy,
     budget_anchors,
     calibrated_reuse_gaps,
+    calibrated_taylor_gaps,
     make_policy,
 )
 
@@ -42,7 +43,7 @@ DEFAULT_POLICIES = (
 BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
 # DBCache's settings: (threshold, most cached steps in a row; None: no cap), 2 warm-up steps. A cap with a
 # threshold nothing reaches is a static cache every cap+1 steps, the library's strongest settings on this model.
-BENCH_DBCACHE = ((0.2, 2), (0.4, 2), (1e9, 2), (1e9, 3), (1e9, 4), (1e9, 6))
+BENCH_DBCACHE = ((0.1, 2), (0.2, 2), (1e9, 2), (1e9, 3), (1e9, 4), (1e9, 6))
 DBCACHE_WARMUP = 2
 # The bench's prompt x seed set is drawn apart from the calibration set (seed 0), on which the TeaCache
 # polynomial, the FP8 ranges and the searched anchor lists are fitted: every policy is measured held out.
@@ -102,11 +103,12 @@ def run_benchmark(
     thresholds = {**BENCH_THRESHOLDS, **(thresholds or {})}
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
     reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps, shift)  # DisCa as the runtime runs it
+    taylor_gaps = calibrated_taylor_gaps(bundle.manifest, steps, shift)
     runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
         (
             name,
             {"anchors": k, "anchor_list": a, "anchor_source": src},
-            lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps),
+            lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps),
         )
         for k in budgets
         for a, src in [budget_anchors(bundle.manifest, steps, k)]
@@ -148,7 +150,7 @@ def run_benchmark(
     for row in rows:
         row["speedup_vs_full"] = round(full_ms / row["ms_per_clip"], 3)
     report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps}
-    report |= {"disca_reuse_gaps": reuse_gaps, "rows": rows}
+    report |= {"disca_reuse_gaps": reuse_gaps, "disca_taylor_gaps": taylor_gaps, "rows": rows}
     if teacher_path is not None:
         teacher = Bundle.open(teacher_path)
         nulls = Pipeline(teacher, backend=None)

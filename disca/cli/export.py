@@ -350,11 +350,16 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     is_flag=True,
     help="Run the predictor on every cached step (the paper's DisCa): skip the per-gap reuse calibration.",
 )
+@click.option(
+    "--gaps-only",
+    is_flag=True,
+    help="Only the per-gap calibration (predictor, reuse or TaylorSeer-1); keep the stored anchor lists.",
+)
 @click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir, no_write, as_json):
+def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, report_dir, no_write, as_json):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
 
@@ -395,6 +400,15 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
             errors = gaps.gap_errors(backend, cal, steps=steps, shift=shift)
             cached_steps = gaps.cached_steps_record(errors, steps=steps, shift=shift, samples=len(cal))
             console.print(f"  reuse the cache at gaps {cached_steps['reuse_gaps'] or 'none'}")
+            console.print(f"  TaylorSeer-1 through the head at gaps {cached_steps['taylor_gaps'] or 'none'}")
+            if gaps_only:
+                if not no_write:
+                    from disca.engines import write_manifest
+
+                    b.manifest["cached_steps"] = cached_steps
+                    write_manifest(b)
+                click.echo(json.dumps(cached_steps, indent=2) if as_json else gaps.markdown_table(errors))
+                return
         reuse_gaps = cached_steps["reuse_gaps"] if cached_steps else []
         console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
         ref, curve = greedy_curve(backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print)

@@ -69,6 +69,14 @@ def calibrated_reuse_gaps(manifest: dict, steps: int, shift: float | None = None
     return [int(g) for g in record.get("reuse_gaps", [])] if same_grid else []
 
 
+def calibrated_taylor_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
+    """The gaps where DisCa runs TaylorSeer's forecast through the head (`DiscaPolicy.taylor_gaps`),
+    calibrated as `calibrated_reuse_gaps` (absent in older bundles: none)."""
+    record = manifest.get("cached_steps") or {}
+    same_grid = record.get("steps") == steps and (shift is None or record.get("shift") in (None, shift))
+    return [int(g) for g in record.get("taylor_gaps", [])] if same_grid else []
+
+
 def parse_anchors(text: str) -> list[int]:
     """'0,1,2,5' -> [0, 1, 2, 5]"""
     try:
@@ -166,13 +174,16 @@ class DiscaPolicy(AnchorPolicy):
     instead, because on the model's calibration runs that came closer to the true velocity than the
     predictor did (`disca-export schedule` measures it, see `disca.calibration.gaps`). A head call is
     cheaper than a predictor call, so the fallback never costs time.
+    `taylor_gaps`: likewise, the gaps where TaylorSeer's first-order forecast of the hidden state from the
+    last two anchors (in step index) through the head came closest.
     """
 
     name = "disca"
 
-    def __init__(self, anchors, reuse_gaps=()):
+    def __init__(self, anchors, reuse_gaps=(), taylor_gaps=()):
         super().__init__(anchors)
         self.reuse_gaps = frozenset(int(g) for g in reuse_gaps)
+        self.taylor_gaps = frozenset(int(g) for g in taylor_gaps) - self.reuse_gaps
 
     def reset(self, steps: int) -> None:
         super().reset(steps)
@@ -181,7 +192,7 @@ class DiscaPolicy(AnchorPolicy):
 
     def observe(self, backend, step, sigma, cache) -> None:
         self.last_anchor = step
-        if backend.forecast_input:  # a host copy: a backend may refill the same cache buffer on the next anchor
+        if backend.forecast_input or self.taylor_gaps:  # a host copy: a backend may refill the same cache buffer
             self.forecast.update(step, backend.to_numpy(cache).copy())
 
     def predictor_input(self, backend, step: int, cache):
@@ -192,10 +203,14 @@ class DiscaPolicy(AnchorPolicy):
         return backend.asarray(self.forecast(step))
 
     def cached_graph_at(self, step: int) -> str:
-        return "head" if step - self.last_anchor in self.reuse_gaps else "predictor"
+        gap = step - self.last_anchor
+        return "head" if gap in self.reuse_gaps or gap in self.taylor_gaps else "predictor"
 
     def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
-        if self.cached_graph_at(step) == "head":
+        gap = step - self.last_anchor
+        if gap in self.taylor_gaps:
+            return backend.head(x, t, r, text, backend.asarray(self.forecast(step)))
+        if gap in self.reuse_gaps:
             return backend.head(x, t, r, text, cache)
         return backend.predict(x, t, r, text, self.predictor_input(backend, step, cache))
 
@@ -402,7 +417,13 @@ SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3, "dbcache": 0.3, "dbcache
 
 
 def make_policy(
-    name: str, anchors=None, threshold: float | None = None, coefficients=None, reuse_gaps=(), **options
+    name: str,
+    anchors=None,
+    threshold: float | None = None,
+    coefficients=None,
+    reuse_gaps=(),
+    taylor_gaps=(),
+    **options,
 ) -> Policy:
     """A policy by name: anchor policies take `anchors` (DisCa also `reuse_gaps`), threshold policies
     `threshold` (TeaCache also the bundle's fitted `coefficients`; DBCache `warmup` and `max_cached`)."""
@@ -415,7 +436,7 @@ def make_policy(
     if name == "full":
         return FullPolicy()
     if name == "disca":
-        return DiscaPolicy(anchors, reuse_gaps)
+        return DiscaPolicy(anchors, reuse_gaps, taylor_gaps)
     if name == "disca-predictor":
         return DiscaPredictorPolicy(anchors)
     if name == "reuse":
