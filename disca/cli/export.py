@@ -171,9 +171,10 @@ def onnx_cmd(
 
 
 def default_graphs(manifest: dict) -> list[str]:
-    """The engines DisCa runs on this bundle: the head too where it reuses the cache on some gaps."""
-    reuse = (manifest.get("cached_steps") or {}).get("reuse_gaps")
-    return ["full", "predictor", "head"] if reuse else ["full", "predictor"]
+    """The engines DisCa runs on this bundle: the head too where some gaps reuse the cache or run TaylorSeer."""
+    record = manifest.get("cached_steps") or {}
+    head = record.get("reuse_gaps") or record.get("taylor_gaps")
+    return ["full", "predictor", "head"] if head else ["full", "predictor"]
 
 
 @main.command("build")
@@ -262,7 +263,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.calibration.fp8 import calibrate_fp8
     from disca.metrics import psnr
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from disca.runtime.schedule import calibrated_reuse_gaps
+    from disca.runtime.schedule import calibrated_reuse_gaps, calibrated_taylor_gaps
 
     b = Bundle.open(bundle)
     cal = _calibration_set(b, prompts, samples)
@@ -274,10 +275,17 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     b = Bundle.open(bundle)
     sched, outs = b.schedule, {}
     gaps = calibrated_reuse_gaps(b.manifest, sched.steps, sched.shift)  # DisCa as it runs
+    taylor = calibrated_taylor_gaps(b.manifest, sched.steps, sched.shift)
     for p in ("fp32", "fp8"):
         with OnnxRuntimeBackend(b, precision=p) as backend:
             outs[p] = sample_all(
-                backend, cal, steps=sched.steps, shift=sched.shift, anchors=sched.anchors, reuse_gaps=gaps
+                backend,
+                cal,
+                steps=sched.steps,
+                shift=sched.shift,
+                anchors=sched.anchors,
+                reuse_gaps=gaps,
+                taylor_gaps=taylor,
             )
     e2e = {"samples": len(cal), "psnr_db_fp8_vs_fp32": round(psnr(outs["fp8"], outs["fp32"]), 3)}
     if uses_task_vocabulary(b):
@@ -410,11 +418,23 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
                 click.echo(json.dumps(cached_steps, indent=2) if as_json else gaps.markdown_table(errors))
                 return
         reuse_gaps = cached_steps["reuse_gaps"] if cached_steps else []
+        taylor_gaps = cached_steps["taylor_gaps"] if cached_steps else []
         console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
-        ref, curve = greedy_curve(backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print)
+        ref, curve = greedy_curve(
+            backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print, taylor_gaps=taylor_gaps
+        )
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(
-            backend, cal, ref, curve, steps=steps, shift=shift, ks=ks, reuse_gaps=reuse_gaps, adherence=adherence
+            backend,
+            cal,
+            ref,
+            curve,
+            steps=steps,
+            shift=shift,
+            ks=ks,
+            reuse_gaps=reuse_gaps,
+            adherence=adherence,
+            taylor_gaps=taylor_gaps,
         )
     chosen = curve[k - 1].anchors if k else None
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -442,7 +462,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
             "steps": steps,
             "shift": shift,
             "samples": len(cal),
-            "reuse_gaps": reuse_gaps,  # the lists were searched with this fallback
+            "reuse_gaps": reuse_gaps,  # the lists were searched with these fallbacks
+            "taylor_gaps": taylor_gaps,
             "lists": {str(p["k"]): p["anchors"] for p in result["curve"]},
             "psnr_db": {str(p["k"]): p["psnr_db"] for p in result["curve"]},
         }
