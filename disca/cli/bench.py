@@ -78,6 +78,7 @@ def main(
         )
         if text
     }
+    dbcache = _dbcache(dbcache_settings) if dbcache_settings else None
     b = Bundle.open(bundle)
     cal = calibration_set(b, read_prompts(prompts) if prompts else None, n=samples, seed=BENCH_SEED)
     options = {"threads": threads} if backend == "onnxruntime" and threads else {}
@@ -88,7 +89,7 @@ def main(
         policies=names,
         budgets=ks,
         thresholds=thresholds,
-        dbcache=_dbcache(dbcache_settings) if dbcache_settings else None,
+        dbcache=dbcache,
         backend=backend,
         backend_options=options,
         teacher_path=teacher_bundle,
