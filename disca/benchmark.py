@@ -18,16 +18,33 @@ from disca.runtime.backends import get_backend
 from disca.runtime.pipeline import Pipeline
 from disca.runtime.sampler import denoise, denoise_cfg
 from disca.runtime.schedule import (
+    DBCACHE_POLICIES,
     THRESHOLD_POLICIES,
     FullPolicy,
     budget_anchors,
     calibrated_reuse_gaps,
+    calibrated_taylor_gaps,
     make_policy,
 )
 
-DEFAULT_POLICIES = ("disca", "disca-predictor", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
+DEFAULT_POLICIES = (
+    "disca",
+    "disca-predictor",
+    "reuse",
+    "taylorseer1",
+    "taylorseer2",
+    "teacache",
+    "first-block",
+    "dbcache",
+    "dbcache-ts1",
+    "dbcache-ts2",
+)
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
 BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
+# DBCache's settings: (threshold, most cached steps in a row; None: no cap), 2 warm-up steps. A cap with a
+# threshold nothing reaches is a static cache every cap+1 steps, the library's strongest settings on this model.
+BENCH_DBCACHE = ((0.1, 2), (0.2, 2), (1e9, 2), (1e9, 3), (1e9, 4), (1e9, 6))
+DBCACHE_WARMUP = 2
 # The bench's prompt x seed set is drawn apart from the calibration set (seed 0), on which the TeaCache
 # polynomial, the FP8 ranges and the searched anchor lists are fitted: every policy is measured held out.
 BENCH_SEED = 1
@@ -64,6 +81,7 @@ def run_benchmark(
     policies=DEFAULT_POLICIES,
     budgets=(14, 12, 10, 8, 6, 5, 4, 3),
     thresholds=None,
+    dbcache=None,
     backend: str = "onnxruntime",
     backend_options=None,
     teacher_path=None,
@@ -83,11 +101,12 @@ def run_benchmark(
     thresholds = {**BENCH_THRESHOLDS, **(thresholds or {})}
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
     reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps, shift)  # DisCa as the runtime runs it
+    taylor_gaps = calibrated_taylor_gaps(bundle.manifest, steps, shift)
     runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
         (
             name,
             {"anchors": k, "anchor_list": a, "anchor_source": src},
-            lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps),
+            lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps),
         )
         for k in budgets
         for a, src in [budget_anchors(bundle.manifest, steps, k)]
@@ -97,8 +116,18 @@ def run_benchmark(
     runs += [
         (name, {"threshold": x}, lambda name=name, x=x: make_policy(name, threshold=x, coefficients=coefficients))
         for name in policies
-        if name in THRESHOLD_POLICIES
+        if name in THRESHOLD_POLICIES and name not in DBCACHE_POLICIES
         for x in thresholds[name]
+    ]
+    runs += [
+        (
+            name,
+            {"threshold": x, "max_cached": m, "warmup": DBCACHE_WARMUP},
+            lambda name=name, x=x, m=m: make_policy(name, threshold=x, warmup=DBCACHE_WARMUP, max_cached=m),
+        )
+        for name in policies
+        if name in DBCACHE_POLICIES
+        for x, m in dbcache or BENCH_DBCACHE
     ]
     runs.insert(0, ("full", {"anchors": steps}, FullPolicy))
     log(f"{len(runs)} runs (the all-full reference first) on each of {len(cal)} clips x {steps} steps")
@@ -114,12 +143,12 @@ def run_benchmark(
             row["adherence"] = adherence(outs)
         rows.append(row)
         if name != "full":
-            label = f"K={setting['anchors']}" if "anchors" in setting else f"threshold {setting['threshold']:g}"
-            log(f"  {name:12s} {label}: {full_ms / ms:4.2f}x, {passes['full']:.1f} full, {row['psnr_db']:6.2f} dB")
+            speed = f"{full_ms / ms:4.2f}x, {passes['full']:.1f} full"
+            log(f"  {name:12s} {_setting(setting)}: {speed}, {row['psnr_db']:6.2f} dB")
     for row in rows:
         row["speedup_vs_full"] = round(full_ms / row["ms_per_clip"], 3)
     report = {"bundle": str(bundle.path), "backend": backend, "samples": len(cal), "steps": steps}
-    report |= {"disca_reuse_gaps": reuse_gaps, "rows": rows}
+    report |= {"disca_reuse_gaps": reuse_gaps, "disca_taylor_gaps": taylor_gaps, "rows": rows}
     if teacher_path is not None:
         teacher = Bundle.open(teacher_path)
         nulls = Pipeline(teacher, backend=None)
@@ -172,6 +201,10 @@ def markdown(report: dict) -> str:
 
 
 def _setting(row: dict) -> str:
+    if "max_cached" in row:
+        cap = f"<= {row['max_cached']} cached in a row" if row["max_cached"] else "no cap"
+        threshold = "no threshold" if row["threshold"] >= 1e6 else f"threshold {row['threshold']:g}"
+        return f"{threshold}, {cap}, warm-up {row['warmup']}"
     if "threshold" in row:
         return f"threshold {row['threshold']:g}"
     if "anchor_source" in row:

@@ -55,7 +55,8 @@ def build_bundle(
             db = end_to_end_psnr(directory, p, schedule, ranges)
             log(f"  end to end ({p} vs fp32 DisCa on ORT CPU): PSNR {db:.1f} dB")
             for g in manifest["graphs"].values():
-                g["variants"][p]["validation"]["end_to_end_psnr_db"] = db
+                if p in g["variants"]:  # not the fp32-only graphs (rest, tail)
+                    g["variants"][p]["validation"]["end_to_end_psnr_db"] = db
 
     return export_bundle(
         cfg,

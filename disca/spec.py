@@ -48,7 +48,7 @@ class GraphSpec:
 
 def graph_specs(channels: int, text_dim: int, hidden: int, first: bool = True) -> dict[str, GraphSpec]:
     """The `full`, `predictor` and `head` graphs of a DiT with these widths, and (`first`) the probe graph of the
-    threshold caches (TeaCache, First-Block-Cache)."""
+    threshold caches (TeaCache, First-Block-Cache, DBCache) with DBCache's `rest` and `tail`."""
     inputs = [
         TensorSpec("latent", ["batch", channels, "frames", "height", "width"]),
         TensorSpec("t", ["batch"]),
@@ -78,8 +78,23 @@ def graph_specs(channels: int, text_dim: int, hidden: int, first: bool = True) -
         specs["first"] = GraphSpec(
             "first",
             inputs,
-            [TensorSpec(name, ["batch", "tokens", hidden]) for name in ("tokens", "modulated", "first")],
-            "threshold caches' probe: DiT embedders -> block 0 (its modulated input and its output)",
+            [TensorSpec(name, ["batch", "tokens", hidden]) for name in ("tokens", "modulated", "first")]
+            + [TensorSpec("vec", ["batch", hidden])],
+            "threshold caches' probe: DiT embedders -> block 0 (its modulated input and its output), and `vec`",
+        )
+        first_out, vec = TensorSpec("first", ["batch", "tokens", hidden]), TensorSpec("vec", ["batch", hidden])
+        latent, t, text = inputs[0], inputs[1], inputs[3]
+        specs["rest"] = GraphSpec(
+            "rest",
+            [latent, t, text, vec, first_out],
+            [velocity, hidden_state],
+            "DBCache full step after the probe: blocks 1..N -> DiT head (`text` read for its length only)",
+        )
+        specs["tail"] = GraphSpec(
+            "tail",
+            [latent, t, vec, hidden_state],
+            [velocity],
+            "DBCache cached step: the DiT head on a given `hidden`, with the probe's `vec` (no embedders)",
         )
     return specs
 

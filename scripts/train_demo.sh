@@ -18,6 +18,14 @@ disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajec
 disca-export onnx --checkpoint "$runs/predictor" --out disca/demo --no-weights --overwrite
 disca-export teacache disca/demo --samples 16
 disca-export schedule disca/demo --samples 16 --report docs/schedule
+# Ablation, not shipped (README, Benchmark against the training-free caches): the forecast predictor, 0 blocks
+# (the fusion MLP on top of TaylorSeer's first-order forecast from the last two anchors).
+if [ -n "${FORECAST_ABLATION:-}" ]; then
+    disca-train predictor --student "$runs/predictor" --out "$runs/predictor-forecast" --forecast --predictor-depth 0 \
+        --trajectories 128 --max-gap 7 --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 --ckpt-every 100 \
+        --eval-every 2000 --steps 4000
+    disca-export onnx --checkpoint "$runs/predictor-forecast" --out "$runs/bundle-forecast" --no-weights --overwrite
+fi
 disca-export onnx --checkpoint "$runs/teacher" --out "$runs/bundle-teacher" --no-weights --overwrite
 disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite
 python scripts/eval_demo.py --bundle disca/demo --teacher "$runs/teacher" --plain-bundle "$runs/bundle-plain" \

@@ -98,7 +98,7 @@ def test_inspect_reports_and_verifies(tiny_bundle, bundle_copy):
     assert (
         report["ok"]
         and report["params"]["predictor"] > 0
-        and set(report["graphs"]) == {"full", "predictor", "head", "first"}
+        and set(report["graphs"]) == {"full", "predictor", "head", "first", "rest", "tail"}
     )
     human = invoke(export_cli, ["inspect", tiny_bundle]).output
     assert "DiT" in human and "% of the DiT" in human and "OK" in human

@@ -17,15 +17,24 @@ from disca.spec import DIMS, ShapeRanges, dummy_inputs
 
 
 def test_bundle_holds_the_validated_graphs(tiny_bundle):
-    """full + predictor (DisCa), head (the training-free baselines' cached step) and first (their probe)."""
+    """full + predictor (DisCa), head (the training-free baselines' cached step), first (their probe), and
+    DBCache's rest / tail (fp32 only, their weights stored once, in the full graph's data file)."""
     b = Bundle.open(tiny_bundle, verify=True)
-    assert sorted(b.specs) == ["first", "full", "head", "predictor"]
+    assert sorted(b.specs) == ["first", "full", "head", "predictor", "rest", "tail"]
     m = b.manifest
     assert [t["name"] for t in m["graphs"]["full"]["spec"]["outputs"]] == ["velocity", "hidden"]
     assert [t["name"] for t in m["graphs"]["predictor"]["spec"]["inputs"]][-1] == "hidden"
     assert [t["name"] for t in m["graphs"]["head"]["spec"]["inputs"]][-1] == "hidden"
-    assert [t["name"] for t in m["graphs"]["first"]["spec"]["outputs"]] == ["tokens", "modulated", "first"]
-    for graph in ("full", "predictor", "head", "first"):
+    assert [t["name"] for t in m["graphs"]["first"]["spec"]["outputs"]] == ["tokens", "modulated", "first", "vec"]
+    assert list(m["graphs"]["rest"]["variants"]) == ["fp32"] and "rest.onnx.data" not in m["files"]
+    locations = {
+        e.value
+        for init in onnx.load(str(tiny_bundle / "rest.onnx"), load_external_data=False).graph.initializer
+        for e in init.external_data
+        if e.key == "location"
+    }
+    assert locations == {"full.onnx.data"}
+    for graph in ("full", "predictor", "head", "first", "rest", "tail"):
         v = m["graphs"][graph]["variants"]["fp32"]
         assert v["opset"] == 23
         first, second = v["validation"]["shapes"]

@@ -22,7 +22,15 @@ from disca.runtime import Pipeline
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 from disca.runtime.backends.torch_backend import TorchBackend
 from disca.runtime.sampler import denoise
-from disca.runtime.schedule import DiscaPolicy, FullPolicy, ReusePolicy, calibrated_reuse_gaps, sigmas
+from disca.runtime.schedule import (
+    DiscaPolicy,
+    FullPolicy,
+    ReusePolicy,
+    calibrated_reuse_gaps,
+    calibrated_taylor_gaps,
+    make_policy,
+    sigmas,
+)
 from tests.test_cli import error_line, invoke
 
 PROMPTS = ["a red circle", "the blue square moving up"]
@@ -111,6 +119,31 @@ def test_record_reuses_where_reuse_is_closer():
     assert calibrated_reuse_gaps({"cached_steps": record}, 4, 3.0) == [1, 3]
     assert calibrated_reuse_gaps({"cached_steps": record}, 4, 5.0) == []  # ... or another shift
     assert calibrated_reuse_gaps({}, 4) == []
+    # with TaylorSeer-1's error too: each gap runs the closest of the three
+    errors[0]["taylor"], errors[1]["taylor"], errors[2]["taylor"] = 0.005, 0.02, 0.045
+    record = cached_steps_record(errors, steps=4, shift=3.0, samples=2)
+    assert (record["reuse_gaps"], record["taylor_gaps"]) == ([3], [1])
+    assert calibrated_taylor_gaps({"cached_steps": record}, 4) == [1] and calibrated_taylor_gaps({}, 4) == []
+
+
+def test_disca_runs_taylorseer_on_its_taylor_gaps(tiny_model):
+    """On a Taylor gap DisCa's cached step is TaylorSeer-1's (same anchors), elsewhere the predictor's."""
+    cfg, dit, predictor = tiny_model
+    cal = _random_set(cfg, n=1)
+    anchors, steps = [0, 2, 3], 6  # gap 1 at steps 1 and 4 (Taylor: the forecast from anchors 2 and 3 at 4)
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        runs = {
+            name: denoise(backend, cal.noise, cal.texts, steps=steps, shift=3.0, policy=policy)
+            for name, policy in (
+                ("disca", DiscaPolicy(anchors, taylor_gaps=[1, 2])),
+                ("taylor", make_policy("taylorseer1", anchors)),
+                ("predictor", DiscaPolicy(anchors)),
+            )
+        }
+    graphs = [g for _, g, *_ in runs["disca"][1].per_step]
+    assert graphs == ["full", "head", "full", "full", "head", "head"]
+    np.testing.assert_allclose(runs["disca"][0], runs["taylor"][0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(runs["disca"][0], runs["predictor"][0], atol=1e-4)
 
 
 def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy, prompt_file, tmp_path):

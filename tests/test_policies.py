@@ -15,12 +15,14 @@ from disca.cli.bench import main as bench_cli
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
 from disca.errors import DiscaError, ScheduleError
-from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph
+from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, RestGraph, TailGraph
 from disca.runtime import Pipeline
 from disca.runtime.backends.torch_backend import TorchBackend
 from disca.runtime.schedule import (
+    DBCachePolicy,
     FirstBlockPolicy,
     ReusePolicy,
+    TaylorForecast,
     TaylorSeerPolicy,
     budget_anchors,
     make_policy,
@@ -59,19 +61,39 @@ def test_reuse_and_taylorseer_cached_steps(tiny_model):
         got = reuse.cached_velocity(backend, 3, 0.35, x, t, r, text, caches[-1])
         torch.testing.assert_close(got, HeadGraph(dit)(x, t, r, text, caches[-1]))
 
+        steps = [0, 1, 3]  # full steps; the forecast is read at step 4
         for order in (1, 2):
             policy = TaylorSeerPolicy([0], order=order)
-            policy.reset(4)
-            for s, c in zip(sig, caches):
-                policy.observe(backend, 0, s, c)
-            # Reference: Lagrange's form of the same polynomial through the last order+1 anchors.
-            pts = list(zip(sig, caches))[-(order + 1) :]
-            expected = sum(
-                c.double() * np.prod([(0.35 - sj) / (si - sj) for j, (sj, _) in enumerate(pts) if j != i])
-                for i, (si, c) in enumerate(pts)
-            ).float()
-            got = policy.cached_velocity(backend, 3, 0.35, x, t, r, text, caches[-1])
-            torch.testing.assert_close(got, HeadGraph(dit)(x, t, r, text, expected), rtol=1e-4, atol=1e-5)
+            policy.reset(5)
+            for step, s, c in zip(steps, sig, caches):
+                policy.observe(backend, step, s, c)
+            # TaylorSeer's recursion in step index, written out: windows 1 then 2, forecast 1 step on.
+            c0, c1, c2 = (c.double() for c in caches)
+            d1, d1_prev = (c2 - c1) / 2, (c1 - c0) / 1
+            expected = c2 + d1 * 1 + (((d1 - d1_prev) / 2) * 1**2 / 2 if order == 2 else 0)
+            got = policy.cached_velocity(backend, 4, 0.35, x, t, r, text, caches[-1])
+            torch.testing.assert_close(got, HeadGraph(dit)(x, t, r, text, expected.float()), rtol=1e-4, atol=1e-5)
+
+
+def test_taylor_forecast_follows_taylorseer_in_step_index():
+    """Lines are extrapolated exactly at orders 1 and 2; a parabola by TaylorSeer's backward differences
+    (not Newton's exact interpolation: the published recursion treats them as derivatives at the last step)."""
+    line = lambda k: 3.0 - 0.5 * k  # noqa: E731
+    for order in (1, 2):
+        forecast = TaylorForecast(order)
+        for k in (0, 2, 4):
+            forecast.update(k, np.array([line(k)]))
+        np.testing.assert_allclose([forecast(5), forecast(7)], [[line(5)], [line(7)]], rtol=1e-12)
+    forecast = TaylorForecast(2)
+    for k, value in ((0, 1.0), (2, 4.0), (4, 5.0)):  # 1 + 2k - k^2/4
+        forecast.update(k, np.array([value]))
+    # dY1 = (5 - 4) / 2 = 0.5, its previous (4 - 1) / 2 = 1.5, dY2 = (0.5 - 1.5) / 2 = -0.5
+    np.testing.assert_allclose(forecast(5), [5.0 + 0.5 * 1 - 0.5 * 1 / 2])
+    forecast = TaylorForecast(2)
+    forecast.update(3, np.array([7.0]))
+    assert forecast(5) == 7.0  # one full step so far: plain reuse
+    with pytest.raises(ScheduleError, match="order must be 1 or 2"):
+        TaylorForecast(3)
 
 
 def test_policy_names_and_errors():
@@ -154,8 +176,9 @@ def test_first_block_graph_is_the_dits_embed_and_block_0(tiny_model):
     x, text = _inputs(cfg)
     t, r = torch.tensor([0.7]), torch.tensor([0.6])
     with torch.no_grad():
-        tokens, modulated, first = FirstBlockGraph(dit)(x, t, r, text)
+        tokens, modulated, first, probe_vec = FirstBlockGraph(dit)(x, t, r, text)
         ref_tokens, vec, rope = dit.embed(x, t, r, text)
+        torch.testing.assert_close(probe_vec, vec)
         torch.testing.assert_close(tokens, ref_tokens)
         torch.testing.assert_close(first, dit.blocks[0](ref_tokens, vec, rope))
         # the rest of the trunk on block 0's output is the full graph's hidden state
@@ -272,3 +295,98 @@ def test_benchmark_runs_the_threshold_policies(tiny_bundle):
     assert rows["teacache"]["passes"] == {"full": 2, "head": 18, "first": 20}
     assert rows["first-block"]["passes"] == {"full": 1, "head": 19, "first": 20}
     assert "| first-block | threshold 1e+09 |" in markdown(report)
+
+
+# ---------------------------------------------------------------- DBCache (probe + rest / tail)
+
+
+def test_probe_plus_rest_is_one_full_pass_and_tail_is_the_head(tiny_model):
+    cfg, dit, _ = tiny_model
+    x, text = _inputs(cfg, batch=2)
+    t, r = torch.tensor([0.7, 0.4]), torch.tensor([0.6, 0.3])
+    with torch.no_grad():
+        velocity, hidden = FullGraph(dit)(x, t, r, text)
+        _, _, first, vec = FirstBlockGraph(dit)(x, t, r, text)
+        rest_velocity, rest_hidden = RestGraph(dit)(x, t, text, vec, first)
+        torch.testing.assert_close(rest_hidden, hidden, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rest_velocity, velocity, rtol=1e-5, atol=1e-5)
+        other = hidden * 0.5 + 0.1
+        torch.testing.assert_close(TailGraph(dit)(x, t, vec, other), HeadGraph(dit)(x, t, r, text, other))
+
+
+def test_dbcache_decisions_and_its_forecast(tiny_bundle):
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, 3, 2, 8, 8)).astype(np.float32)
+    text = rng.standard_normal((1, 4, 16)).astype(np.float32)
+    with Pipeline.load(tiny_bundle) as pipe:
+        full, full_stats = pipe.denoise(latent, text, steps=8, anchors="full")
+        for name in ("dbcache", "dbcache-ts1", "dbcache-ts2"):
+            # nothing under the threshold: every step full, probe + rest = the all-full result
+            out, stats = pipe.denoise(latent, text, steps=8, policy=name, threshold=1e-9)
+            assert (stats.full_calls, stats.probe_calls) == (8, 8)
+            np.testing.assert_allclose(out, full, rtol=1e-4, atol=1e-5)
+            # everything under it: warm-up (2), then a full step after every 2 cached ones
+            out, stats = pipe.denoise(latent, text, steps=8, policy=name, threshold=1e9)
+            graphs = [g for _, g, *_ in stats.per_step]
+            assert graphs == ["full", "full", "tail", "tail", "full", "tail", "tail", "full"]
+            assert np.isfinite(out).all() and not np.allclose(out, full, atol=1e-3)
+    policy = make_policy("dbcache-ts1", threshold=1e9, warmup=1, max_cached=None)
+    assert isinstance(policy, DBCachePolicy) and (policy.order, policy.max_cached) == (1, None)
+    with pytest.raises(ScheduleError, match="max_cached >= 1"):
+        make_policy("dbcache", threshold=0.1, max_cached=0)
+
+
+def test_dbcache_cached_step_adds_the_forecast_residual_to_block_0(tiny_model):
+    cfg, dit, predictor = tiny_model
+    x, text = _inputs(cfg)
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        policy = DBCachePolicy(threshold=1e9, order=1, warmup=2, max_cached=None)
+        policy.reset(4)
+        residuals = []
+        for step, (tv, rv) in enumerate(((0.9, 0.8), (0.8, 0.7))):
+            xs = x * (1 - 0.1 * step)
+            t, r = torch.tensor([tv]), torch.tensor([rv])
+            probe = backend.first(xs, t, r, text)
+            assert policy.is_full(step, probe)
+            _, hidden = policy.full_step(backend, xs, t, r, text, probe)
+            torch.testing.assert_close(hidden, backend.full(xs, t, r, text)[1], rtol=1e-5, atol=1e-5)
+            policy.observe(backend, step, tv, hidden)
+            residuals.append(hidden - probe[2])
+        x2, t, r = x * 0.8, torch.tensor([0.7]), torch.tensor([0.6])
+        probe = backend.first(x2, t, r, text)
+        assert not policy.is_full(2, probe)
+        got = policy.cached_velocity(backend, 2, 0.7, x2, t, r, text, None)
+        forecast = residuals[1] + (residuals[1] - residuals[0])  # one step on, linear in step index
+        torch.testing.assert_close(got, HeadGraph(dit)(x2, t, r, text, probe[2] + forecast), rtol=1e-5, atol=1e-5)
+
+
+def test_benchmark_runs_dbcache(tiny_bundle):
+    cal = calibration_set(Bundle.open(tiny_bundle), ["a red circle"], n=1)
+    report = run_benchmark(tiny_bundle, cal, policies=("dbcache-ts1",), dbcache=[(1e9, 3)])
+    (row,) = [r for r in report["rows"] if r["policy"] == "dbcache-ts1"]
+    assert row["passes"] == {"full": 6, "tail": 14, "first": 20}  # steps 0, 1 (warm-up), then 1 full in 4
+    assert "| dbcache-ts1 | no threshold, <= 3 cached in a row, warm-up 2 |" in markdown(report)
+    assert "THRESHOLD/CAP" in error_line(invoke(bench_cli, [tiny_bundle, "--dbcache", "0.2"]))
+
+
+def test_untrained_forecast_predictor_is_taylorseer_order_1(tiny_model):
+    """A residual predictor that reads the Taylor forecast starts as exactly that forecast: DisCa with it,
+    untrained, gives TaylorSeer-1's run on the same anchors."""
+    from disca.models import CachePredictor
+    from disca.runtime.sampler import denoise
+
+    cfg, dit, _ = tiny_model
+    pcfg = type(cfg.predictor)(depth=1, residual=True, forecast=True)
+    predictor = CachePredictor(cfg.dit, pcfg).eval()
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, 3, 2, 8, 8)).astype(np.float32)
+    text = rng.standard_normal((1, 4, 16)).astype(np.float32)
+    anchors = [0, 1, 3, 4]
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        assert backend.forecast_input
+        outs = [
+            denoise(backend, latent, text, steps=6, shift=3.0, policy=make_policy(name, anchors))[0]
+            for name in ("disca", "taylorseer1", "reuse")
+        ]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(outs[0], outs[2], atol=1e-4)  # ... which is not plain reuse

@@ -147,6 +147,37 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
     assert {"adherence_full", "adherence_disca", "psnr_disca_vs_full"} <= set(metrics)
     ck = load_checkpoint(tmp_path / "p")
     assert ck.predictor is not None and ck.text is not None and ck.cfg.dit.mean_flow
+    # the forecast predictor, 0 blocks: trains, and its config says what the runtime feeds it
+    train_predictor(
+        tmp_path / "f",
+        tmp_path / "s",
+        TrainArgs(steps=2, **TINY),
+        anchors=[0, 1, 3],
+        steps=4,
+        trajectories=4,
+        max_gap=2,
+        depth=0,
+        forecast=True,
+    )
+    ck = load_checkpoint(tmp_path / "f")
+    assert ck.cfg.predictor.forecast and ck.cfg.predictor.depth == 0 and len(ck.predictor.blocks) == 0
+
+
+def test_forecast_cache_is_the_runtimes_taylor_forecast():
+    from disca.runtime.schedule import TaylorForecast
+    from disca.training.predictor import Trajectories, forecast_cache, previous_anchors
+
+    hiddens = torch.randn(2, 6, 5, 4)
+    data = Trajectories(torch.zeros(2, 1, 1), torch.zeros(2, 6, 1, 1, 1, 1), hiddens)
+    idx, prev, a, s = torch.tensor([0, 1]), torch.tensor([1, -1]), torch.tensor([3, 0]), torch.tensor([5, 2])
+    got = forecast_cache(data, idx, prev, a, s)
+    forecast = TaylorForecast(1)
+    forecast.update(1, hiddens[0, 1].numpy())
+    forecast.update(3, hiddens[0, 3].numpy())
+    torch.testing.assert_close(got[0], torch.from_numpy(forecast(5)))
+    torch.testing.assert_close(got[1], hiddens[1, 0])  # no earlier anchor: the cache itself
+    prev = previous_anchors(np.random.default_rng(0), torch.tensor([0, 1, 5, 5, 5]), 3)
+    assert prev[0] == -1 and prev[1] == 0 and all(2 <= p < 5 for p in prev[2:])
 
 
 def test_trained_checkpoint_exports_with_its_text_table(tiny_teacher, tmp_path):

@@ -86,11 +86,19 @@ def calibration_set(bundle, prompts: list[str] | None = None, n: int = 16, seed:
 
 
 def sample_all(
-    backend, cal: CalibrationSet, *, steps: int, shift: float, anchors=None, reuse_gaps=(), batch: int = 8
+    backend,
+    cal: CalibrationSet,
+    *,
+    steps: int,
+    shift: float,
+    anchors=None,
+    reuse_gaps=(),
+    batch: int = 8,
+    taylor_gaps=(),
 ) -> np.ndarray:
     """Final latents (n, C, F, H, W) of the whole set: all-full when anchors is None, else DisCa."""
     out = np.empty_like(cal.noise)
     for idx, latents, texts in cal.batches(batch):
-        policy = FullPolicy() if anchors is None else DiscaPolicy(anchors, reuse_gaps)
+        policy = FullPolicy() if anchors is None else DiscaPolicy(anchors, reuse_gaps, taylor_gaps)
         out[idx], _ = denoise(backend, latents, texts, steps=steps, shift=shift, policy=policy)
     return out

@@ -7,6 +7,8 @@ This measures both on the model's own all-full sampling runs over the calibratio
 for every anchor step a and later step s, both estimates of the velocity at s from the
 cache of a, against the true velocity of the full DiT at s (relative MSE, averaged over
 samples and anchor steps per gap). Where reuse comes out closer, the runtime reuses.
+A predictor that reads the Taylor forecast (`PredictorConfig.forecast`) gets it from the
+anchors a - gap and a (evenly spaced anchors; the cache of a alone when a < gap).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from disca.calibration.dataset import CalibrationSet
-from disca.runtime.schedule import sigmas
+from disca.runtime.schedule import TaylorForecast, sigmas
 
 
 def _rel_mse(est: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -27,7 +29,7 @@ def gap_errors(backend, cal: CalibrationSet, *, steps: int, shift: float, batch:
     """-> [{gap, predictor, reuse, pairs}] for gap = 1..steps-1: the mean relative velocity MSE of each
     estimate over `pairs` (sample, anchor step) pairs."""
     sig = sigmas(steps, shift).astype(np.float32)
-    err = {g: {"predictor": 0.0, "reuse": 0.0, "pairs": 0} for g in range(1, steps)}
+    err = {g: {"predictor": 0.0, "reuse": 0.0, "taylor": 0.0, "pairs": 0} for g in range(1, steps)}
     for _, latents, texts in cal.batches(batch):
         n = len(latents)
         text = backend.asarray(texts)
@@ -45,26 +47,40 @@ def gap_errors(backend, cal: CalibrationSet, *, steps: int, shift: float, batch:
             for s in range(a + 1, steps):
                 args = (xs[s], times[s], times[s + 1], text, cache)
                 e = err[s - a]
-                e["predictor"] += float(_rel_mse(backend.to_numpy(backend.predict(*args)), velocities[s]).sum())
+                forecast = TaylorForecast(1)
+                for anchor in (a - (s - a), a):
+                    if anchor >= 0:
+                        forecast.update(anchor, caches[anchor])
+                forecast = backend.asarray(forecast(s))
+                pred = backend.predict(*args[:4], forecast) if backend.forecast_input else backend.predict(*args)
+                e["predictor"] += float(_rel_mse(backend.to_numpy(pred), velocities[s]).sum())
+                e["taylor"] += float(_rel_mse(backend.to_numpy(backend.head(*args[:4], forecast)), velocities[s]).sum())
                 e["reuse"] += float(_rel_mse(backend.to_numpy(backend.head(*args)), velocities[s]).sum())
                 e["pairs"] += n
-    return [
-        {"gap": g, "predictor": e["predictor"] / e["pairs"], "reuse": e["reuse"] / e["pairs"], "pairs": e["pairs"]}
-        for g, e in err.items()
-    ]
+    keys = ("predictor", "reuse", "taylor")
+    return [{"gap": g, **{k: e[k] / e["pairs"] for k in keys}, "pairs": e["pairs"]} for g, e in err.items()]
 
 
 def cached_steps_record(errors: list[dict], *, steps: int, shift: float, samples: int) -> dict:
     """The manifest's `cached_steps` record: the gaps where reuse is closer than the predictor, and the
     measured errors behind the choice."""
-    reuse = [e["gap"] for e in errors if e["reuse"] < e["predictor"]]
+    reuse = [e["gap"] for e in errors if _best(e) == "reuse"]
+    taylor = [e["gap"] for e in errors if _best(e) == "taylor"]
     rounded = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()} for e in errors]
-    return {"steps": steps, "shift": shift, "samples": samples, "reuse_gaps": reuse, "errors": rounded}
+    record = {"steps": steps, "shift": shift, "samples": samples, "reuse_gaps": reuse, "errors": rounded}
+    return record | {"taylor_gaps": taylor}
+
+
+def _best(e: dict) -> str:
+    """What a cached step at this gap runs: the closest estimate (ties to the predictor, then reuse);
+    records without the forecast's error (older bundles) choose between predictor and reuse."""
+    options = [k for k in ("predictor", "reuse", "taylor") if k in e]
+    return min(options, key=lambda k: e[k])
 
 
 def markdown_table(errors: list[dict]) -> str:
-    lines = ["| gap | velocity rel. MSE, predictor | velocity rel. MSE, reuse | runs |", "|---|---|---|---|"]
+    lines = ["| gap | velocity rel. MSE, predictor | reuse | TaylorSeer-1 | runs |", "|---|---|---|---|---|"]
     for e in errors:
-        runs = "reuse" if e["reuse"] < e["predictor"] else "predictor"
-        lines.append(f"| {e['gap']} | {e['predictor']:.5f} | {e['reuse']:.5f} | {runs} |")
+        taylor = f"{e['taylor']:.5f}" if "taylor" in e else "-"
+        lines.append(f"| {e['gap']} | {e['predictor']:.5f} | {e['reuse']:.5f} | {taylor} | {_best(e)} |")
     return "\n".join(lines)

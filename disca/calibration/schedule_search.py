@@ -30,13 +30,17 @@ class Point:
         return d
 
 
-def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, reuse_gaps=(), log=lambda msg: None):
+def greedy_curve(
+    backend, cal: CalibrationSet, *, steps: int, shift: float, reuse_gaps=(), log=lambda msg: None, taylor_gaps=()
+):
     """-> (all-full reference latents, [Point for k = 1..steps]) along the greedy path (DisCa runs with
-    `reuse_gaps`, as the runtime will run them)."""
+    `reuse_gaps` and `taylor_gaps`, as the runtime will run them)."""
     reference = sample_all(backend, cal, steps=steps, shift=shift)
 
     def quality(anchors):
-        out = sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps)
+        out = sample_all(
+            backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+        )
         return psnr(out, reference)
 
     anchors = [0]
@@ -51,7 +55,17 @@ def greedy_curve(backend, cal: CalibrationSet, *, steps: int, shift: float, reus
 
 
 def compare(
-    backend, cal, reference, curve, *, steps: int, shift: float, ks=(6, 8, 10), reuse_gaps=(), adherence=None
+    backend,
+    cal,
+    reference,
+    curve,
+    *,
+    steps: int,
+    shift: float,
+    ks=(6, 8, 10),
+    reuse_gaps=(),
+    adherence=None,
+    taylor_gaps=(),
 ) -> list[dict]:
     """Searched vs official vs uniform anchor lists at each k: PSNR against all-full (and adherence)."""
     rows = []
@@ -62,7 +76,9 @@ def compare(
         if (steps, k) in OFFICIAL_ANCHORS:
             lists["official"] = OFFICIAL_ANCHORS[(steps, k)]
         for name, anchors in lists.items():
-            out = sample_all(backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps)
+            out = sample_all(
+                backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+            )
             row = {"k": k, "schedule": name, "anchors": anchors, "psnr_db": round(psnr(out, reference), 3)}
             if adherence is not None:
                 row["adherence"] = adherence(out)

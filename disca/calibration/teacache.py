@@ -27,7 +27,7 @@ def change_pairs(backend, cal: CalibrationSet, *, steps: int, shift: float) -> t
         previous = None
         for k in range(steps):
             t, r = (backend.asarray(np.full(1, s, np.float32)) for s in (sig[k], sig[k + 1]))
-            tokens, modulated, _ = backend.first(x, t, r, text)
+            tokens, modulated = backend.first(x, t, r, text)[:2]
             u, hidden = backend.full(x, t, r, text)
             modulated, residual = backend.to_numpy(modulated), backend.to_numpy(hidden) - backend.to_numpy(tokens)
             if previous is not None:

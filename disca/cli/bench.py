@@ -20,6 +20,11 @@ from disca.manifest import MAX_STEPS
 @click.option("--anchors", "budgets", default="14,12,10,8,6,5,4,3", show_default=True, help="Anchor budgets K to run.")
 @click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.2,0.5,1,2).")
 @click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.2,0.3,0.5,0.8).")
+@click.option(
+    "--dbcache",
+    "dbcache_settings",
+    help="DBCache settings THRESHOLD/CAP (CAP: most cached steps in a row, 0 for none), e.g. 0.2/2,1e9/3.",
+)
 @click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompt x seed clips per run.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")
@@ -36,6 +41,7 @@ def main(
     budgets,
     teacache_thresholds,
     first_block_thresholds,
+    dbcache_settings,
     samples,
     prompts,
     teacher_bundle,
@@ -78,6 +84,7 @@ def main(
         )
         if text
     }
+    dbcache = _dbcache(dbcache_settings) if dbcache_settings else None
     b = Bundle.open(bundle)
     cal = calibration_set(b, read_prompts(prompts) if prompts else None, n=samples, seed=BENCH_SEED)
     options = {"threads": threads} if backend == "onnxruntime" and threads else {}
@@ -88,6 +95,7 @@ def main(
         policies=names,
         budgets=ks,
         thresholds=thresholds,
+        dbcache=dbcache,
         backend=backend,
         backend_options=options,
         teacher_path=teacher_bundle,
@@ -114,3 +122,21 @@ def _numbers(text: str, kind, option: str) -> list:
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise click.BadParameter(f"expected comma-separated positive numbers, got {text!r}", param_hint=option)
     return values
+
+
+def _dbcache(text: str) -> list:
+    """'0.2/2,1e9/3' -> [(0.2, 2), (1e9, 3)]; a cap of 0 is no cap."""
+    settings = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        try:
+            threshold, cap = item.split("/")
+            threshold, cap = float(threshold), int(cap)
+        except ValueError:
+            threshold, cap = -1.0, -1
+        if threshold <= 0 or cap < 0:
+            raise click.BadParameter(
+                f"expected THRESHOLD/CAP pairs like 0.2/2,1e9/3 (threshold > 0, cap >= 0), got {item!r}",
+                param_hint="--dbcache",
+            )
+        settings.append((threshold, cap or None))
+    return settings

@@ -187,9 +187,10 @@ def onnx_cmd(
 
 
 def default_graphs(manifest: dict) -> list[str]:
-    """The engines DisCa runs on this bundle: the head too where it reuses the cache on some gaps."""
-    reuse = (manifest.get("cached_steps") or {}).get("reuse_gaps")
-    return ["full", "predictor", "head"] if reuse else ["full", "predictor"]
+    """The engines DisCa runs on this bundle: the head too where some gaps reuse the cache or run TaylorSeer."""
+    record = manifest.get("cached_steps") or {}
+    head = record.get("reuse_gaps") or record.get("taylor_gaps")
+    return ["full", "predictor", "head"] if head else ["full", "predictor"]
 
 
 @main.command("build")
@@ -287,7 +288,7 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     from disca.calibration.fp8 import calibrate_fp8
     from disca.metrics import psnr
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from disca.runtime.schedule import calibrated_reuse_gaps
+    from disca.runtime.schedule import calibrated_reuse_gaps, calibrated_taylor_gaps
 
     b = _open_to_change(bundle)
     cal = _calibration_set(b, prompts, samples)
@@ -299,10 +300,17 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     b = Bundle.open(bundle)
     sched, outs = b.schedule, {}
     gaps = calibrated_reuse_gaps(b.manifest, sched.steps, sched.shift)  # DisCa as it runs
+    taylor = calibrated_taylor_gaps(b.manifest, sched.steps, sched.shift)
     for p in ("fp32", "fp8"):
         with OnnxRuntimeBackend(b, precision=p) as backend:
             outs[p] = sample_all(
-                backend, cal, steps=sched.steps, shift=sched.shift, anchors=sched.anchors, reuse_gaps=gaps
+                backend,
+                cal,
+                steps=sched.steps,
+                shift=sched.shift,
+                anchors=sched.anchors,
+                reuse_gaps=gaps,
+                taylor_gaps=taylor,
             )
     e2e = {"samples": len(cal), "psnr_db_fp8_vs_fp32": round(psnr(outs["fp8"], outs["fp32"]), 3)}
     if uses_task_vocabulary(b):
@@ -377,11 +385,16 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     is_flag=True,
     help="Run the predictor on every cached step (the paper's DisCa): skip the per-gap reuse calibration.",
 )
+@click.option(
+    "--gaps-only",
+    is_flag=True,
+    help="Only the per-gap calibration (predictor, reuse or TaylorSeer-1); keep the stored anchor lists.",
+)
 @click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir, no_write, as_json):
+def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, report_dir, no_write, as_json):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
 
@@ -426,12 +439,33 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
             errors = gaps.gap_errors(backend, cal, steps=steps, shift=shift)
             cached_steps = gaps.cached_steps_record(errors, steps=steps, shift=shift, samples=len(cal))
             console.print(f"  reuse the cache at gaps {cached_steps['reuse_gaps'] or 'none'}")
+            console.print(f"  TaylorSeer-1 through the head at gaps {cached_steps['taylor_gaps'] or 'none'}")
+            if gaps_only:
+                if not no_write:
+                    from disca.engines import write_manifest
+
+                    b.manifest["cached_steps"] = cached_steps
+                    write_manifest(b)
+                click.echo(json.dumps(cached_steps, indent=2) if as_json else gaps.markdown_table(errors))
+                return
         reuse_gaps = cached_steps["reuse_gaps"] if cached_steps else []
+        taylor_gaps = cached_steps["taylor_gaps"] if cached_steps else []
         console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
-        ref, curve = greedy_curve(backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print)
+        ref, curve = greedy_curve(
+            backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print, taylor_gaps=taylor_gaps
+        )
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(
-            backend, cal, ref, curve, steps=steps, shift=shift, ks=ks, reuse_gaps=reuse_gaps, adherence=adherence
+            backend,
+            cal,
+            ref,
+            curve,
+            steps=steps,
+            shift=shift,
+            ks=ks,
+            reuse_gaps=reuse_gaps,
+            adherence=adherence,
+            taylor_gaps=taylor_gaps,
         )
     chosen = curve[k - 1].anchors if k else None
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -460,7 +494,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, report_dir,
             "steps": steps,
             "shift": shift,
             "samples": len(cal),
-            "reuse_gaps": reuse_gaps,  # the lists were searched with this fallback
+            "reuse_gaps": reuse_gaps,  # the lists were searched with these fallbacks
+            "taylor_gaps": taylor_gaps,
             "lists": {str(p["k"]): p["anchors"] for p in result["curve"]},
             "psnr_db": {str(p["k"]): p["psnr_db"] for p in result["curve"]},
         }

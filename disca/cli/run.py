@@ -89,7 +89,8 @@ from disca.runtime.video import check_path, write
     "as_json",
     is_flag=True,
     help="Print the run statistics as one JSON object (no progress bar): per graph (full, predictor, head, "
-    "first) <graph>_calls and ms_per_<graph>; cached_calls (predictor + head), overhead_ms, total_ms, per_step.",
+    "tail, first) <graph>_calls and ms_per_<graph>; cached_calls (predictor + head + tail), overhead_ms, total_ms, "
+    "per_step.",
 )
 @click.option("--server", help="Run on a disca Triton server (disca-serve) at HOST:PORT instead of locally.")
 @click.option("--grpc", is_flag=True, help="With --server: talk gRPC (HOST:GRPC_PORT) rather than HTTP.")
@@ -266,6 +267,7 @@ GRAPH_NAMES = {  # the --json fields <graph>_calls / ms_per_<graph>, as the summ
     "full": "full (the DiT)",
     "predictor": "predictor (cached)",
     "head": "head (cached, reused)",
+    "tail": "tail (cached, DBCache)",
     "first": "first (probe, block 0)",
 }
 

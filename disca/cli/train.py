@@ -137,7 +137,17 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
 @click.option(
     "--latent", default=None, help="With --from: latent F,H,W of the trajectories (default --frames,--size,--size)."
 )
-@click.option("--predictor-depth", default=2, show_default=True, help="With --from: predictor blocks.")
+@click.option(
+    "--predictor-depth",
+    type=click.IntRange(min=0),
+    help="Predictor blocks after the fusion MLP (default: 2 with --from, the student's config with --student).",
+)
+@click.option(
+    "--forecast",
+    is_flag=True,
+    help="With --student: the predictor reads the Taylor forecast of the hidden state from the last two anchors "
+    "and learns the correction on top of it.",
+)
 @click.option("--schedule", default="0,1,2,5,9,13,17,19", show_default=True, help="Deployment anchor steps.")
 @click.option("--grid-steps", default=20, show_default=True)
 @click.option("--shift", default=5.0, show_default=True)
@@ -166,6 +176,7 @@ def predictor_cmd(
     text_embeddings,
     latent,
     predictor_depth,
+    forecast,
     schedule,
     grid_steps,
     shift,
@@ -193,8 +204,13 @@ def predictor_cmd(
     if student_dir is not None:
         from disca.training.predictor import train_predictor
 
-        train_predictor(out, student_dir, args, anchors, grid_steps, shift, **common)
+        train_predictor(
+            out, student_dir, args, anchors, grid_steps, shift, depth=predictor_depth, forecast=forecast, **common
+        )
         return
+    if forecast:
+        raise click.UsageError("--forecast is for our own student (--student DIR) for now")
+    predictor_depth = 2 if predictor_depth is None else predictor_depth
     kind, _, path = source.partition(":")
     if kind != "diffusers" or not path:
         raise click.BadParameter(f"expected diffusers:PATH, got {source!r}", param_hint="--from")

@@ -29,11 +29,13 @@ from disca.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, Schedule, file_entry,
 from disca.errors import ConfigError, ShapeError
 from disca.exporter.validate import check_graph
 from disca.models import ModelConfig, num_params, save_checkpoint
-from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph
+from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph, RestGraph, TailGraph
 from disca.spec import GraphSpec, ShapeRanges, dummy_inputs, export_shapes, graph_specs
 
 TEXT_TABLE = "text_embedding.npy"
 OPSETS = (23, 20)  # 23: native Attention / RMSNormalization (TensorRT >= 10.14); 20: decomposed
+# DBCache's split of the full pass: fp32 only for now (its FP8 ranges would need recorded probe outputs).
+FP32_ONLY = ("rest", "tail")
 
 
 def _dynamic_shapes(spec: GraphSpec, ranges: ShapeRanges, patch) -> dict:
@@ -84,12 +86,54 @@ def export_graph(module, spec: GraphSpec, ranges: ShapeRanges, patch, opset: int
     _name_dims(path, spec)
 
 
+def share_weights_with_full(root: Path, name: str) -> None:
+    """Point the `name` graph's weights at the full graph's external data where the bytes are the same
+    (DBCache's `rest` and `tail` are pieces of the full DiT): the bundle stores them once. What the full
+    graph lacks stays in the graph's own data file, rewritten (removed when nothing is left)."""
+    import hashlib
+
+    import onnx
+
+    full = (root / "full.onnx.data").read_bytes()
+    known = {}
+    for init in onnx.load(str(root / "full.onnx"), load_external_data=False).graph.initializer:
+        info = {e.key: e.value for e in init.external_data}
+        if info.get("location") == "full.onnx.data":
+            off, length = int(info.get("offset", 0)), int(info["length"])
+            known.setdefault(hashlib.sha256(full[off : off + length]).digest(), off)
+    path, own = root / f"{name}.onnx", root / f"{name}.onnx.data"
+    model = onnx.load(str(path), load_external_data=False)
+    data, kept = own.read_bytes(), bytearray()
+    for init in model.graph.initializer:
+        info = {e.key: e.value for e in init.external_data}
+        if info.get("location") != own.name:
+            continue
+        off, length = int(info.get("offset", 0)), int(info["length"])
+        raw = data[off : off + length]
+        digest = hashlib.sha256(raw).digest()
+        if digest in known:
+            location, off = "full.onnx.data", known[digest]
+        else:
+            kept += b"\0" * (-len(kept) % 64)  # aligned, as onnx writes it
+            location, off = own.name, len(kept)
+            kept += raw
+        del init.external_data[:]
+        for key, value in (("location", location), ("offset", str(off)), ("length", str(length))):
+            entry = init.external_data.add()
+            entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    if kept:
+        own.write_bytes(bytes(kept))
+    else:
+        own.unlink()
+
+
 def _parity(name, session, module, spec, shapes, patch, tolerance, full_module) -> list:
     """check_graph at each of `shapes`; the predictor gets a real cache from the full graph."""
     results = []
     for i, dims in enumerate(shapes):
         feeds = dummy_inputs(spec, dims, patch, seed=i)
-        if "hidden" in feeds:  # a real cache, as the runtime would pass it
+        if "hidden" in feeds and "text" in feeds:  # a real cache, as the runtime would pass it (the tail: random)
             with torch.no_grad():
                 full_args = [torch.from_numpy(feeds[k]) for k in ("latent", "t", "r", "text")]
                 feeds["hidden"] = full_module(*full_args)[1].numpy()
@@ -156,7 +200,7 @@ def export_bundle(
     dit, predictor = dit.eval(), predictor.eval()
     modules = {"full": FullGraph(dit), "predictor": PredictorGraph(dit, predictor), "head": HeadGraph(dit)}
     if probe:
-        modules["first"] = FirstBlockGraph(dit)
+        modules |= {"first": FirstBlockGraph(dit), "rest": RestGraph(dit), "tail": TailGraph(dit)}
     shapes = export_shapes(ranges)
 
     with atomic_directory(out, log) as tmp:
@@ -176,12 +220,19 @@ def export_bundle(
             variant["produced_by"] = "torch.onnx.export(dynamo=True)"
             graphs[name] = {"spec": spec.to_dict(), "variants": {"fp32": variant}}
             variant["validation"] = _validation(tol, shapes, parity)
+            if name in FP32_ONLY:  # stored once: check the graph still gives the same outputs from the shared file
+                share_weights_with_full(tmp, name)
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                parity = _parity(name, session, modules[name], spec, shapes, patch, tol, modules["full"])
+                variant["validation"] = _validation(tol, shapes, parity)
 
         calib = None
         if "fp8" in extra:
             log("recording FP8 calibration inputs from real sampling runs...")
             calib = fp8_inputs()
         for name, spec in specs.items():
+            if name in FP32_ONLY:
+                continue
             src = tmp / f"{name}.onnx"
             fp16 = prec.to_fp16(onnx.load(str(src))) if extra else None
             for p in extra:

@@ -68,6 +68,11 @@ class PredictorConfig:
     # Add the prediction to the cached hidden state (output = cache + correction, the correction's last layer
     # zero-initialised): training starts from plain reuse and learns what changes. Off in the official layout.
     residual: bool = False
+    # The runtime feeds the predictor, as its cache, TaylorSeer's first-order forecast of the hidden state from
+    # the last two anchors (in step index) instead of the last anchor's: with `residual`, an untrained predictor
+    # is that forecast and training learns the correction on top. Same graph and layout; the runtime reads it
+    # from the bundle's model config (absent: False).
+    forecast: bool = False
 
 
 @dataclass

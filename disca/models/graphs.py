@@ -4,7 +4,11 @@
     PredictorGraph: (latent, t, r, text, hidden) -> velocity           (cached step)
     HeadGraph:      (latent, t, r, text, hidden) -> velocity           (training-free cached step: the
                                                                         hidden state reused or extrapolated)
-    FirstBlockGraph: (latent, t, r, text)        -> tokens, modulated, first   (the threshold caches' probe)
+    FirstBlockGraph: (latent, t, r, text)        -> tokens, modulated, first, vec   (the threshold caches' probe)
+    RestGraph:      (latent, t, text, vec, first) -> velocity, hidden  (DBCache's full step after the probe:
+                                                                        blocks 1..N + head, nothing run twice)
+    TailGraph:      (latent, t, vec, hidden)      -> velocity           (DBCache's cached step: the head alone,
+                                                                        on the probe's `vec`)
 
 The predictor graph carries the DiT's embedders and head around the predictor,
 so a cached step is one call.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from disca.models.dit import VideoDiT
+from disca.models.dit import VideoDiT, rope_table
 from disca.models.predictor import CachePredictor
 
 
@@ -57,10 +61,11 @@ class FirstBlockGraph(nn.Module):
     """The probe of the threshold caches: the embedders and the first block only (1/depth of the trunk).
 
     -> tokens (the trunk's input), modulated (block 0's adaLN-modulated input: TeaCache's signal),
-       first (block 0's output: First-Block-Cache's signal). A skipped step then adds the trunk's
-       cached residual to `tokens` (TeaCache) or to `first` (First-Block-Cache) and runs the head graph.
-    A separate probe graph, rather than splitting the full graph in two: the anchor step stays one
-    call on every backend, at the price of running block 0 twice on a step that is not skipped.
+       first (block 0's output: First-Block-Cache's signal), vec (the conditioning: what `rest` and
+       `tail` take instead of re-running the embedders). A skipped step then adds the trunk's
+       cached residual to `tokens` (TeaCache) or to `first` (First-Block-Cache) and runs the head graph;
+       the DBCache policies continue from `first` with `rest` (full step) or `tail` (cached step).
+    The full graph stays whole (the anchor step is one call on every backend); the probe is extra.
     """
 
     def __init__(self, dit: VideoDiT):
@@ -70,4 +75,32 @@ class FirstBlockGraph(nn.Module):
     def forward(self, latent, t, r, text):
         tokens, vec, rope = self.dit.embed(latent, t, r, text)
         modulated, first = self.dit.first_block(tokens, vec, rope)
-        return tokens, modulated, first
+        return tokens, modulated, first, vec
+
+
+class RestGraph(nn.Module):
+    """Blocks 1..N and the head, fed by the probe's block-0 output and `vec`: probe + rest is exactly one
+    full pass. `text` is read for its length only (the rotary table of the text tokens)."""
+
+    def __init__(self, dit: VideoDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, t, text, vec, first):
+        cfg = self.dit.cfg
+        rope = rope_table(self.dit.grid(latent), text.shape[1], cfg.resolved_rope_axes, cfg.rope_theta, latent.device)
+        hidden = first
+        for block in self.dit.blocks[1:]:
+            hidden = block(hidden, vec, rope)
+        return self.dit.head(hidden, vec, latent, t), hidden
+
+
+class TailGraph(nn.Module):
+    """The DiT's final layer + unpatchify on a given hidden state, with the probe's `vec` (no embedders)."""
+
+    def __init__(self, dit: VideoDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, t, vec, hidden):
+        return self.dit.head(hidden, vec, latent, t)

@@ -8,6 +8,9 @@ Structure as in the official DisCa code: a fusion MLP on the channel concat
 the current step's `vec` (time reaches the predictor only through `vec`).
 With `residual` (not in the official code) the fusion MLP's output is added to
 the cache, its last layer starting at zero: an untrained predictor is plain reuse.
+With `forecast` the runtime passes, as the cache, the first-order Taylor forecast of
+the hidden state from the last two anchors (`disca.runtime.schedule.TaylorForecast`):
+the module is unchanged, an untrained residual predictor is then that forecast.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class CachePredictor(nn.Module):
         self.fusion = nn.Sequential(nn.Linear(2 * H, H), nn.SiLU(), nn.Linear(H, H))
         self.blocks = nn.ModuleList(Block(dit) for _ in range(cfg.depth))
         self.residual = cfg.residual
+        self.forecast = cfg.forecast  # read by the runtime (what it passes as `cached`), not here
         self.initialize_weights()
 
     def initialize_weights(self) -> None:

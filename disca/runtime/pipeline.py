@@ -19,6 +19,7 @@ from disca.runtime.schedule import (
     Policy,
     budget_anchors,
     calibrated_reuse_gaps,
+    calibrated_taylor_gaps,
     check_anchors,
     make_policy,
 )
@@ -136,7 +137,8 @@ class Pipeline:
                 )
             anchors = default.anchors
         reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps, shift)
-        return make_policy(policy, check_anchors(anchors, steps), reuse_gaps=reuse_gaps)
+        taylor_gaps = calibrated_taylor_gaps(self.bundle.manifest, steps, shift)
+        return make_policy(policy, check_anchors(anchors, steps), reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
 
     def denoise(
         self,

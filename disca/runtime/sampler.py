@@ -18,14 +18,16 @@ from disca.errors import NonFiniteError
 from disca.runtime.backends.base import Backend
 from disca.runtime.schedule import Policy, sigmas
 
-GRAPHS = ("full", "predictor", "head", "first")  # every graph a step can call, as the statistics name them
+GRAPHS = ("full", "predictor", "head", "tail", "first")  # every graph a step can call, as the statistics name them
 
 
 @dataclass
 class RunStats:
     """What a run called: per graph, calls and time. `first` is the probe of the threshold caches
-    (embedders + block 0), a partial pass run before a step decides; `predictor` and `head` run the
-    cached steps (DisCa's reuse gaps and the training-free caches run the head)."""
+    (embedders + block 0), a partial pass run before a step decides; `predictor`, `head` and `tail` run
+    the cached steps (DisCa's reuse and TaylorSeer gaps and the anchor caches run the head, DBCache the
+    tail: the head on the probe's outputs). `full` counts full steps: for DBCache, the probe plus the
+    `rest` graph (blocks 1..N + head), one full pass between them."""
 
     backend: str
     policy: str
@@ -53,8 +55,8 @@ class RunStats:
 
     @property
     def cached_calls(self) -> int:
-        """Cached steps, whichever graph ran them (predictor + head)."""
-        return self.predictor_calls + self.head_calls
+        """Cached steps, whichever graph ran them (predictor + head + tail)."""
+        return self.predictor_calls + self.head_calls + self.calls("tail")
 
     @property
     def overhead_ms(self) -> float:
@@ -66,7 +68,7 @@ class RunStats:
         for g in GRAPHS:
             n = self.calls(g)
             out[f"{g}_calls"], out[f"ms_per_{g}"] = n, (self.ms(g) / n if n else None)
-        cached_ms = self.ms("predictor") + self.ms("head")
+        cached_ms = self.ms("predictor") + self.ms("head") + self.ms("tail")
         out["cached_calls"] = self.cached_calls
         out["ms_per_cached"] = cached_ms / self.cached_calls if self.cached_calls else None
         out["overhead_ms"], out["total_ms"] = self.overhead_ms, self.total_ms
@@ -107,7 +109,7 @@ def denoise(
         graph = "full" if full else policy.cached_graph_at(i)
         t0 = time.perf_counter()
         if full:
-            u, cache = backend.full(x, t, r, text)
+            u, cache = policy.full_step(backend, x, t, r, text, probe)
             policy.observe(backend, i, float(sig[i]), cache)
         else:
             u = policy.cached_velocity(backend, i, float(sig[i]), x, t, r, text, cache)

@@ -73,6 +73,14 @@ def calibrated_reuse_gaps(manifest: dict, steps: int, shift: float | None = None
     return [int(g) for g in record.get("reuse_gaps", [])] if same_grid else []
 
 
+def calibrated_taylor_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
+    """The gaps where DisCa runs TaylorSeer's forecast through the head (`DiscaPolicy.taylor_gaps`),
+    calibrated as `calibrated_reuse_gaps` (absent in older bundles: none)."""
+    record = manifest.get("cached_steps") or {}
+    same_grid = record.get("steps") == steps and (shift is None or record.get("shift") in (None, shift))
+    return [int(g) for g in record.get("taylor_gaps", [])] if same_grid else []
+
+
 def parse_anchors(text: str) -> list[int]:
     """'0,1,2,5' -> [0, 1, 2, 5]"""
     try:
@@ -97,6 +105,10 @@ class Policy:
 
     def is_full(self, step: int, probe=None) -> bool:
         raise NotImplementedError
+
+    def full_step(self, backend, x, t, r, text, probe=None):
+        """A full step -> (velocity, cache): the full graph (DBCache continues from its probe instead)."""
+        return backend.full(x, t, r, text)
 
     def observe(self, backend, step: int, sigma: float, cache) -> None:
         """Called after each full step with its cache."""
@@ -132,6 +144,33 @@ class AnchorPolicy(Policy):
         return step in self._anchors
 
 
+class TaylorForecast:
+    """TaylorSeer's forecast (Liu et al. 2025, as in its reference code and cache-dit / diffusers): at each full
+    step the feature's finite differences are updated in STEP INDEX, dY[i+1] = (dY[i] - dY_prev[i]) / window
+    (window = steps since the previous full step), and a later step k steps on reads
+    sum_i dY[i] k^i / i!. Order 1 extrapolates linearly, order 2 quadratically; fewer full steps so far
+    give a lower order."""
+
+    def __init__(self, order: int):
+        if order not in (1, 2):
+            raise ScheduleError(f"taylorseer order must be 1 or 2, got {order}")
+        self.order = order
+        self.terms, self.step = [], None
+
+    def update(self, step: int, feature) -> None:
+        terms = [feature]
+        for i in range(min(self.order, len(self.terms))):
+            terms.append((terms[i] - self.terms[i]) / (step - self.step))
+        self.terms, self.step = terms, step
+
+    def __call__(self, step: int):
+        k, out, fact = step - self.step, self.terms[0], 1.0
+        for i, term in enumerate(self.terms[1:], start=1):
+            fact *= i
+            out = out + term * (k**i / fact)
+        return out
+
+
 class DiscaPolicy(AnchorPolicy):
     """DisCa: the learned predictor forecasts the hidden state from the cache and the current input.
 
@@ -139,28 +178,45 @@ class DiscaPolicy(AnchorPolicy):
     instead, because on the model's calibration runs that came closer to the true velocity than the
     predictor did (`disca-export schedule` measures it, see `disca.calibration.gaps`). A head call is
     cheaper than a predictor call, so the fallback never costs time.
+    `taylor_gaps`: likewise, the gaps where TaylorSeer's first-order forecast of the hidden state from the
+    last two anchors (in step index) through the head came closest.
     """
 
     name = "disca"
 
-    def __init__(self, anchors, reuse_gaps=()):
+    def __init__(self, anchors, reuse_gaps=(), taylor_gaps=()):
         super().__init__(anchors)
         self.reuse_gaps = frozenset(int(g) for g in reuse_gaps)
+        self.taylor_gaps = frozenset(int(g) for g in taylor_gaps) - self.reuse_gaps
 
     def reset(self, steps: int) -> None:
         super().reset(steps)
         self.last_anchor = 0
+        self.forecast = TaylorForecast(1)
 
     def observe(self, backend, step, sigma, cache) -> None:
         self.last_anchor = step
+        if backend.forecast_input or self.taylor_gaps:  # a host copy: a backend may refill the same cache buffer
+            self.forecast.update(step, backend.to_numpy(cache).copy())
+
+    def predictor_input(self, backend, step: int, cache):
+        """What the predictor reads as its cache: the anchor's hidden state, or (a predictor trained on it,
+        `PredictorConfig.forecast`) TaylorSeer's first-order forecast from the last two anchors."""
+        if not backend.forecast_input:
+            return cache
+        return backend.asarray(self.forecast(step))
 
     def cached_graph_at(self, step: int) -> str:
-        return "head" if step - self.last_anchor in self.reuse_gaps else "predictor"
+        gap = step - self.last_anchor
+        return "head" if gap in self.reuse_gaps or gap in self.taylor_gaps else "predictor"
 
     def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
-        if self.cached_graph_at(step) == "head":
+        gap = step - self.last_anchor
+        if gap in self.taylor_gaps:
+            return backend.head(x, t, r, text, backend.asarray(self.forecast(step)))
+        if gap in self.reuse_gaps:
             return backend.head(x, t, r, text, cache)
-        return backend.predict(x, t, r, text, cache)
+        return backend.predict(x, t, r, text, self.predictor_input(backend, step, cache))
 
 
 class DiscaPredictorPolicy(DiscaPolicy):
@@ -183,36 +239,28 @@ class ReusePolicy(AnchorPolicy):
 
 
 class TaylorSeerPolicy(AnchorPolicy):
-    """TaylorSeer-style: extrapolate the hidden state in sigma from the last order+1 anchors (Newton's divided
-    differences: order 1 is linear, order 2 quadratic), then the DiT's head. Fewer anchors so far: lower order."""
+    """TaylorSeer on the anchors: the DiT's final hidden state forecast from its values at the anchors
+    (`TaylorForecast`, in step index), then the DiT's head. The published method caches every block's
+    attention / MLP outputs; disca's graphs expose only the trunk's output, so this is its `hidden_states`
+    form (cache-dit's `taylorseer_cache_type="hidden_states"`) on a fixed anchor list instead of a fixed interval."""
 
     cached_graph = "head"
 
     def __init__(self, anchors, order: int = 1):
         super().__init__(anchors)
-        if order not in (1, 2):
-            raise ScheduleError(f"taylorseer order must be 1 or 2, got {order}")
+        TaylorForecast(order)  # checks the order
         self.order = order
         self.name = f"taylorseer{order}"
 
     def reset(self, steps: int) -> None:
         super().reset(steps)
-        self.history: list[tuple[float, np.ndarray]] = []
+        self.forecast = TaylorForecast(self.order)
 
     def observe(self, backend, step, sigma, cache) -> None:
-        self.history = [*self.history, (sigma, backend.to_numpy(cache).astype(np.float64))][-(self.order + 1) :]
+        self.forecast.update(step, backend.to_numpy(cache).astype(np.float64))
 
     def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
-        xs = [s for s, _ in self.history]
-        coef = [h for _, h in self.history]  # divided differences, computed in place
-        for level in range(1, len(xs)):
-            for k in range(len(xs) - 1, level - 1, -1):
-                coef[k] = (coef[k] - coef[k - 1]) / (xs[k] - xs[k - level])
-        hidden, basis = coef[0].copy(), 1.0
-        for k in range(1, len(xs)):
-            basis = basis * (sigma - xs[k - 1])
-            hidden += basis * coef[k]
-        return backend.head(x, t, r, text, backend.asarray(hidden.astype(np.float32)))
+        return backend.head(x, t, r, text, backend.asarray(self.forecast(step).astype(np.float32)))
 
 
 def rel_l1(a, b) -> float:
@@ -266,7 +314,7 @@ class TeaCachePolicy(ThresholdPolicy):
         self.accumulated, self.previous = 0.0, None
 
     def is_full(self, step: int, probe=None) -> bool:
-        tokens, modulated, _ = probe
+        tokens, modulated = probe[:2]
         full = self.previous is None or step == self.steps - 1
         if not full:
             self.accumulated += max(float(self.poly(rel_l1(modulated, self.previous))), 0.0)
@@ -288,7 +336,7 @@ class FirstBlockPolicy(ThresholdPolicy):
         self.reference = None
 
     def is_full(self, step: int, probe=None) -> bool:
-        tokens, _, first = probe
+        tokens, _, first = probe[:3]
         residual = first - tokens
         full = self.reference is None or rel_l1(residual, self.reference) >= self.threshold
         if full:
@@ -297,22 +345,102 @@ class FirstBlockPolicy(ThresholdPolicy):
         return full
 
 
-POLICIES = ("disca", "disca-predictor", "full", "reuse", "taylorseer1", "taylorseer2", "teacache", "first-block")
-THRESHOLD_POLICIES = ("teacache", "first-block")
-SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3}  # about 7 full steps of 20 on the demo (K = 8: 8)
+class DBCachePolicy(Policy):
+    """DBCache F1B0 (cache-dit; First-Block-Cache of ParaAttention with its options): block 0 runs every step
+    (the probe); the step is cached while block 0's residual differs from the one of the last full step by
+    less than `threshold` (relative L1, as `first-block`), except in the first `warmup` steps and after
+    `max_cached` cached steps in a row (None: no cap). A cached step adds the residual of blocks 1..N to block
+    0's output: with `order` 1 / 2 that residual is TaylorSeer's forecast from the full steps' residuals
+    (in step index, `TaylorForecast`), with order 0 the last one as it is. Nothing runs twice: a full step
+    continues from the probe with the `rest` graph (blocks 1..N + head), a cached step runs the `tail` graph
+    (the head on the probe's `vec`)."""
+
+    cached_graph = "tail"
+    probe = True
+
+    def __init__(self, threshold: float, order: int = 1, warmup: int = 2, max_cached: int | None = 2):
+        if not threshold > 0:
+            raise ScheduleError(f"dbcache needs a threshold > 0, got {threshold}")
+        if order not in (0, 1, 2) or warmup < 1 or (max_cached is not None and max_cached < 1):
+            raise ScheduleError(
+                f"dbcache needs order 0-2, warmup >= 1 and max_cached >= 1, got {order}, {warmup}, {max_cached}"
+            )
+        self.threshold, self.order, self.warmup, self.max_cached = float(threshold), order, warmup, max_cached
+        self.name = f"dbcache-ts{order}" if order else "dbcache"
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.reference = self.first = self.vec = None
+        self.in_a_row = 0
+        self.forecast = TaylorForecast(self.order) if self.order else None
+        self.residual = None
+
+    def is_full(self, step: int, probe=None) -> bool:
+        tokens, _, first, vec = probe
+        residual = first - tokens
+        full = step < self.warmup or self.reference is None
+        full = full or (self.max_cached is not None and self.in_a_row >= self.max_cached)
+        full = full or rel_l1(residual, self.reference) >= self.threshold
+        self.in_a_row = 0 if full else self.in_a_row + 1
+        if full:
+            self.reference = residual
+        self.first, self.vec = first, vec
+        return full
+
+    def full_step(self, backend, x, t, r, text, probe=None):
+        return backend.rest(x, t, text, self.vec, self.first)
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        residual = backend.values(cache) - self.first
+        if self.forecast is not None:
+            self.forecast.update(step, residual)
+        self.residual = residual
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        residual = self.forecast(step) if self.forecast is not None else self.residual
+        return backend.tail(x, t, self.vec, self.first + residual)
 
 
-def make_policy(name: str, anchors=None, threshold: float | None = None, coefficients=None, reuse_gaps=()) -> Policy:
+POLICIES = (
+    "disca",
+    "disca-predictor",
+    "full",
+    "reuse",
+    "taylorseer1",
+    "taylorseer2",
+    "teacache",
+    "first-block",
+    "dbcache",
+    "dbcache-ts1",
+    "dbcache-ts2",
+)
+DBCACHE_POLICIES = ("dbcache", "dbcache-ts1", "dbcache-ts2")
+THRESHOLD_POLICIES = ("teacache", "first-block", *DBCACHE_POLICIES)
+# About 7 full steps of 20 on the demo (K = 8: 8); DBCache's are also capped at 2 cached steps in a row.
+SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3, "dbcache": 0.3, "dbcache-ts1": 0.3, "dbcache-ts2": 0.3}
+
+
+def make_policy(
+    name: str,
+    anchors=None,
+    threshold: float | None = None,
+    coefficients=None,
+    reuse_gaps=(),
+    taylor_gaps=(),
+    **options,
+) -> Policy:
     """A policy by name: anchor policies take `anchors` (DisCa also `reuse_gaps`), threshold policies
-    `threshold` (TeaCache also the bundle's fitted `coefficients`)."""
+    `threshold` (TeaCache also the bundle's fitted `coefficients`; DBCache `warmup` and `max_cached`)."""
     if name in THRESHOLD_POLICIES:
         threshold = SKIP_THRESHOLDS[name] if threshold is None else threshold
+        if name in DBCACHE_POLICIES:
+            return DBCachePolicy(threshold, order=DBCACHE_POLICIES.index(name), **options)
         return TeaCachePolicy(threshold, coefficients) if name == "teacache" else FirstBlockPolicy(threshold)
     anchors = anchors if anchors is not None else DEFAULT_SCHEDULE.anchors
     if name == "full":
         return FullPolicy()
     if name == "disca":
-        return DiscaPolicy(anchors, reuse_gaps)
+        return DiscaPolicy(anchors, reuse_gaps, taylor_gaps)
     if name == "disca-predictor":
         return DiscaPredictorPolicy(anchors)
     if name == "reuse":

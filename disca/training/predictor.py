@@ -99,10 +99,27 @@ class Discriminator(nn.Module):
         return self.net(h).mean(dim=(1, 2))  # (B,)
 
 
-def pair_step(host, predictor, data: Trajectories, idx, a, s, sig, device):
-    """-> predicted and target hidden[s] for runs `idx` (cache hidden[a]), plus (vec, x, t) for the head."""
+def forecast_cache(data: Trajectories, idx, prev, a, s) -> torch.Tensor:
+    """TaylorSeer's first-order forecast of hidden[s] from the anchors prev < a (in step index), as the
+    runtime computes it (`TaylorForecast`); hidden[a] itself where prev < 0 (a is the first anchor)."""
+    cache = data.hiddens[idx, a]
+    has_prev = prev >= 0
+    slope = (cache - data.hiddens[idx, prev.clamp(min=0)]) / (a - prev).clamp(min=1).view(-1, 1, 1).float()
+    return cache + torch.where(has_prev.view(-1, 1, 1), slope * (s - a).view(-1, 1, 1).float(), 0.0)
+
+
+def previous_anchors(rng, a: torch.Tensor, max_spacing: int) -> torch.Tensor:
+    """A previous anchor for each anchor step a, 1..max_spacing steps before it (-1 for a = 0)."""
+    spacing = torch.from_numpy(rng.integers(1, max_spacing + 1, len(a)))
+    return torch.where(a > 0, (a - torch.minimum(spacing, a)), torch.full_like(a, -1))
+
+
+def pair_step(host, predictor, data: Trajectories, idx, a, s, sig, device, prev=None):
+    """-> predicted and target hidden[s] for runs `idx` (cache hidden[a], or with `prev` the forecast from
+    hidden[prev] and hidden[a]), plus (vec, x, t) for the head."""
     x = data.inputs[idx, s].to(device)
-    cache, target = data.hiddens[idx, a].to(device), data.hiddens[idx, s].to(device)
+    cache = data.hiddens[idx, a] if prev is None else forecast_cache(data, idx, prev, a, s)
+    cache, target = cache.to(device), data.hiddens[idx, s].to(device)
     t, r = sig[s].to(device), sig[s + 1].to(device)
     with torch.no_grad():
         tokens, vec, rope = host.embed(x, t, r, data.text[idx].to(device))
@@ -118,7 +135,8 @@ def feature_error(
     every = [(i, a, s) for i in range(min(runs, len(data))) for a, s in pairs]
     for k in range(0, len(every), chunk):
         idx, a, s = (torch.tensor(col) for col in zip(*every[k : k + chunk]))
-        pred, target, _ = pair_step(host, predictor, data, idx, a, s, sig, device)
+        prev = torch.where(a >= s - a, a - (s - a), -1) if getattr(predictor, "forecast", False) else None
+        pred, target, _ = pair_step(host, predictor, data, idx, a, s, sig, device, prev)
         errors.append(torch.mean((pred - target) ** 2, dim=(1, 2)))
     return torch.cat(errors).mean().item()
 
@@ -146,6 +164,7 @@ def fit_predictor(
     device = args.device
     host = host.to(device).eval().requires_grad_(False)
     predictor = ckpt.predictor.to(device).train()
+    forecast = bool(getattr(predictor, "forecast", False))
     sig = grid(steps, shift)
     disc = Discriminator(data.hiddens.shape[-1]).to(device) if adversarial > 0 else None
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr) if disc else None
@@ -154,7 +173,8 @@ def fit_predictor(
         idx = rng.integers(0, len(data), args.batch)
         pair = [pairs[k] for k in rng.integers(0, len(pairs), args.batch)]
         a, s = torch.tensor([p[0] for p in pair]), torch.tensor([p[1] for p in pair])
-        pred, target, (vec, x, t) = pair_step(host, predictor, data, idx, a, s, sig, device)
+        prev = previous_anchors(rng, a, max(s_ - a_ for a_, s_ in pairs) + 1) if forecast else None
+        pred, target, (vec, x, t) = pair_step(host, predictor, data, idx, a, s, sig, device, prev)
         feat = torch.mean((pred - target) ** 2)
         loss, logs = feat, {"feat": feat.item()}
         if velocity_weight:
@@ -196,11 +216,18 @@ def train_predictor(
     velocity_weight: float = 1.0,
     adversarial: float = 0.0,
     max_gap: int | None = None,
+    depth: int | None = None,
+    forecast: bool = False,
 ):
-    """Our own distilled student (a disca checkpoint with its word embedding), on the synthetic task."""
+    """Our own distilled student (a disca checkpoint with its word embedding), on the synthetic task.
+
+    `depth` (default: the student's config) and `forecast` (`PredictorConfig.forecast`) set the predictor."""
     student = load_checkpoint(student_dir, require_predictor=False)
     if not student.cfg.dit.mean_flow or student.text is None:
         raise CheckpointError(f"{student_dir} is not a distilled student: train it with `disca-train distill`")
+    student.cfg.predictor.forecast = forecast
+    if depth is not None:
+        student.cfg.predictor.depth = depth
     pairs = training_pairs(list(anchors), steps, max_gap)
     resumed = resume_point(out, "predictor")
     if resumed:

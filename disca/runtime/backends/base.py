@@ -4,7 +4,9 @@ A backend runs the bundle's two graphs:
     full(latent, t, r, text)           -> (velocity, cache)   anchor step
     predict(latent, t, r, text, cache) -> velocity            cached step (learned predictor)
     head(latent, t, r, text, hidden)   -> velocity            cached step (training-free baselines)
-    first(latent, t, r, text)          -> (tokens, modulated, first)   probe of the threshold caches
+    first(latent, t, r, text)          -> (tokens, modulated, first[, vec])   probe of the threshold caches
+    rest(latent, t, text, vec, first)  -> (velocity, hidden)   DBCache's full step after the probe
+    tail(latent, t, vec, hidden)       -> velocity            DBCache's cached step (the head on the probe's vec)
 Arrays are the backend's own (numpy, torch tensors, ...): the sampler only adds
 and scales them, so latents and the cache can stay on the device between steps.
 The cache is opaque to the sampler: it is written by `full` and read in place by
@@ -27,6 +29,13 @@ class Backend:
     def __init__(self, bundle):
         self.bundle = bundle
         self.active = False
+
+    @property
+    def forecast_input(self) -> bool:
+        """Whether the predictor takes the Taylor forecast of the hidden state as its cache (the bundle's
+        `model.predictor.forecast`; absent in older bundles: the last anchor's hidden state)."""
+        model = (self.bundle.manifest.get("model") or {}) if self.bundle is not None else {}
+        return bool((model.get("predictor") or {}).get("forecast", False))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -68,6 +77,16 @@ class Backend:
         """The probe graph (embedders + block 0): TeaCache and First-Block-Cache decide on its outputs."""
         self._require_active()
         return self._first_impl(latent, t, r, text)
+
+    def rest(self, latent, t, text, vec, first):
+        """Blocks 1..N + head after the probe: probe + rest is one full pass (DBCache's full step)."""
+        self._require_active()
+        return self._rest_impl(latent, t, text, vec, first)
+
+    def tail(self, latent, t, vec, hidden):
+        """The head on a given hidden state with the probe's `vec` (DBCache's cached step)."""
+        self._require_active()
+        return self._tail_impl(latent, t, vec, hidden)
 
     def _require_active(self) -> None:
         if not self.active:
@@ -111,3 +130,9 @@ class Backend:
 
     def _first_impl(self, latent, t, r, text):
         raise DiscaError(f"the {self.name} backend does not run the probe graph (needed by teacache / first-block)")
+
+    def _rest_impl(self, latent, t, text, vec, first):
+        raise DiscaError(f"the {self.name} backend does not run the rest graph (needed by dbcache)")
+
+    def _tail_impl(self, latent, t, vec, hidden):
+        raise DiscaError(f"the {self.name} backend does not run the tail graph (needed by dbcache)")

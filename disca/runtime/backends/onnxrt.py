@@ -184,7 +184,9 @@ class OnnxRuntimeBackend(Backend):
         # or a precision without them.
         manifest = self.bundle.manifest["graphs"]
         graphs = ["full", "predictor"]
-        graphs += [g for g in ("head", "first") if self.precision in manifest.get(g, {}).get("variants", {})]
+        graphs += [
+            g for g in ("head", "first", "rest", "tail") if self.precision in manifest.get(g, {}).get("variants", {})
+        ]
         for graph in graphs:
             path = self.bundle.graph_path(graph, self.precision)
             try:
@@ -250,6 +252,16 @@ class OnnxRuntimeBackend(Backend):
     def _first_impl(self, latent, t, r, text):
         self._optional("first", "teacache / first-block")
         return tuple(v.numpy() for v in self._run("first", {"latent": latent, "t": t, "r": r, "text": text}))
+
+    def _rest_impl(self, latent, t, text, vec, first):
+        self._optional("rest", "dbcache")
+        velocity, hidden = self._run("rest", {"latent": latent, "t": t, "text": text, "vec": vec, "first": first})
+        return velocity.numpy(), hidden
+
+    def _tail_impl(self, latent, t, vec, hidden):
+        self._optional("tail", "dbcache")
+        (velocity,) = self._run("tail", {"latent": latent, "t": t, "vec": vec}, cache=hidden)
+        return velocity.numpy()
 
     def to_numpy(self, x) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else x.numpy()  # velocities are numpy, the cache an OrtValue

@@ -28,7 +28,7 @@ class TorchBackend(Backend):
             import torch
 
             from disca.models import load_checkpoint
-            from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph
+            from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, PredictorGraph, RestGraph, TailGraph
         except ImportError:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'disca[torch]'") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -46,9 +46,18 @@ class TorchBackend(Backend):
         self.predictor_graph = PredictorGraph(dit, predictor).to(self.device)
         self.head_graph = HeadGraph(dit).to(self.device)
         self.first_graph = FirstBlockGraph(dit).to(self.device) if hasattr(dit, "first_block") else None
+        self.rest_graph = RestGraph(dit).to(self.device) if self.first_graph else None
+        self.tail_graph = TailGraph(dit).to(self.device)
+
+    @property
+    def forecast_input(self) -> bool:
+        if self.modules is not None:  # in-memory modules (training): the predictor says
+            return bool(getattr(self.modules[1], "forecast", False))
+        return super().forecast_input
 
     def _deactivate_impl(self) -> None:
         self.full_graph = self.predictor_graph = self.head_graph = self.first_graph = None
+        self.rest_graph = self.tail_graph = None
 
     def _full_impl(self, latent, t, r, text):
         with self.torch.inference_mode():
@@ -67,6 +76,16 @@ class TorchBackend(Backend):
             raise DiscaError("this model has no probe graph (teacache / first-block need a disca DiT)")
         with self.torch.inference_mode():
             return self.first_graph(latent, t, r, text)
+
+    def _rest_impl(self, latent, t, text, vec, first):
+        if self.rest_graph is None:
+            raise DiscaError("this model has no rest graph (dbcache needs a disca DiT)")
+        with self.torch.inference_mode():
+            return self.rest_graph(latent, t, text, vec, first)
+
+    def _tail_impl(self, latent, t, vec, hidden):
+        with self.torch.inference_mode():
+            return self.tail_graph(latent, t, vec, hidden)
 
     def values(self, x):
         return x
