@@ -19,6 +19,7 @@ from disca.runtime.pipeline import Pipeline
 from disca.runtime.sampler import denoise, denoise_cfg
 from disca.runtime.schedule import (
     DBCACHE_POLICIES,
+    POLICIES,
     THRESHOLD_POLICIES,
     FullPolicy,
     budget_anchors,
@@ -27,18 +28,7 @@ from disca.runtime.schedule import (
     make_policy,
 )
 
-DEFAULT_POLICIES = (
-    "disca",
-    "disca-predictor",
-    "reuse",
-    "taylorseer1",
-    "taylorseer2",
-    "teacache",
-    "first-block",
-    "dbcache",
-    "dbcache-ts1",
-    "dbcache-ts2",
-)
+DEFAULT_POLICIES = tuple(p for p in POLICIES if p != "full")  # all-full is the reference of every row
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
 BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
 # DBCache's settings: (threshold, most cached steps in a row; None: no cap), 2 warm-up steps. A cap with a

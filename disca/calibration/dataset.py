@@ -14,7 +14,7 @@ import numpy as np
 from disca.errors import ConfigError
 from disca.runtime.pipeline import Pipeline
 from disca.runtime.sampler import denoise
-from disca.runtime.schedule import DiscaPolicy, FullPolicy
+from disca.runtime.schedule import DiscaPolicy, FullPolicy, calibrated_reuse_gaps, calibrated_taylor_gaps
 
 
 @dataclass
@@ -102,3 +102,18 @@ def sample_all(
         policy = FullPolicy() if anchors is None else DiscaPolicy(anchors, reuse_gaps, taylor_gaps)
         out[idx], _ = denoise(backend, latents, texts, steps=steps, shift=shift, policy=policy)
     return out
+
+
+def sample_disca(backend, cal: CalibrationSet, manifest: dict, schedule) -> np.ndarray:
+    """DisCa as the runtime runs a bundle: its default `schedule` with the per-gap choices calibrated in its
+    manifest (reuse or TaylorSeer-1 through the head, at the calibrated steps and shift only)."""
+    steps, shift = schedule.steps, schedule.shift
+    return sample_all(
+        backend,
+        cal,
+        steps=steps,
+        shift=shift,
+        anchors=schedule.anchors,
+        reuse_gaps=calibrated_reuse_gaps(manifest, steps, shift),
+        taylor_gaps=calibrated_taylor_gaps(manifest, steps, shift),
+    )

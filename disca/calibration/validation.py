@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from disca.bundle import Bundle
-from disca.calibration.dataset import CalibrationSet, sample_all, uses_task_vocabulary
+from disca.calibration.dataset import CalibrationSet, sample_all, sample_disca, uses_task_vocabulary
 from disca.errors import DiscaError
 from disca.exporter.precision import TOLERANCES
 from disca.exporter.validate import compare
 from disca.metrics import psnr
 from disca.runtime.backends import get_backend
-from disca.runtime.schedule import calibrated_reuse_gaps, calibrated_taylor_gaps
 from disca.spec import dummy_inputs, export_shapes
 
 DEFAULT_THRESHOLDS = {"min_psnr_db": 25.0, "max_adherence_drop": 0.02}
@@ -99,17 +98,7 @@ def validate_bundle(bundle_path, cal: CalibrationSet, backends=("onnxruntime",),
                     row = {"backend": name, "precision": precision, "output": key, **c.to_dict(), "dims": dims}
                     report["parity"].append({**row, "tolerance": tol, "ok": bool(ok)})
             if name == "onnxruntime":  # end to end: DisCa (default schedule) against all-full fp32
-                gaps = calibrated_reuse_gaps(bundle.manifest, sched.steps, sched.shift)  # DisCa as it runs
-                taylor = calibrated_taylor_gaps(bundle.manifest, sched.steps, sched.shift)
-                disca = sample_all(
-                    backend,
-                    cal,
-                    steps=sched.steps,
-                    shift=sched.shift,
-                    anchors=sched.anchors,
-                    reuse_gaps=gaps,
-                    taylor_gaps=taylor,
-                )
+                disca = sample_disca(backend, cal, bundle.manifest, sched)
                 row = {"backend": name, "precision": precision, "anchors": sched.anchors}
                 row["psnr_db"] = round(psnr(disca, full_ref), 3)
                 ok = row["psnr_db"] >= limits["min_psnr_db"]

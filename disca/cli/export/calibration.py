@@ -40,11 +40,10 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
     one layer at a time to find the sensitive ones (kept FP16), writes full.fp8.onnx and
     predictor.fp8.onnx into the bundle, and checks FP8 DisCa against FP32 DisCa end to end.
     """
-    from disca.calibration.dataset import sample_all, uses_task_vocabulary
+    from disca.calibration.dataset import sample_disca, uses_task_vocabulary
     from disca.calibration.fp8 import calibrate_fp8
     from disca.metrics import psnr
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from disca.runtime.schedule import calibrated_reuse_gaps, calibrated_taylor_gaps
 
     b = open_to_change(bundle)
     cal = calibration_samples(b, prompts, samples)
@@ -54,20 +53,10 @@ def calibrate_cmd(bundle, prompts, samples, min_cosine, keep_fp16, force_fp8, as
         bundle, cal, min_cosine=min_cosine, keep_fp16=split(keep_fp16), force_fp8=split(force_fp8), log=console.print
     )
     b = Bundle.open(bundle)
-    sched, outs = b.schedule, {}
-    gaps = calibrated_reuse_gaps(b.manifest, sched.steps, sched.shift)  # DisCa as it runs
-    taylor = calibrated_taylor_gaps(b.manifest, sched.steps, sched.shift)
+    outs = {}
     for p in ("fp32", "fp8"):
         with OnnxRuntimeBackend(b, precision=p) as backend:
-            outs[p] = sample_all(
-                backend,
-                cal,
-                steps=sched.steps,
-                shift=sched.shift,
-                anchors=sched.anchors,
-                reuse_gaps=gaps,
-                taylor_gaps=taylor,
-            )
+            outs[p] = sample_disca(backend, cal, b.manifest, b.schedule)  # DisCa as it runs
     e2e = {"samples": len(cal), "psnr_db_fp8_vs_fp32": round(psnr(outs["fp8"], outs["fp32"]), 3)}
     if uses_task_vocabulary(b):
         from disca.task import score
