@@ -13,7 +13,7 @@ from disca.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from disca.models.text import WordEmbedding
 from disca.training.distill import meanflow_target, sample_times, student_from_teacher, train_student
 from disca.training.flow import grid
-from disca.training.loop import TrainArgs
+from disca.training.loop import Guard, TrainArgs
 from disca.training.predictor import schedule_pairs, train_predictor, training_pairs
 from disca.training.teacher import teacher_config, train_teacher
 
@@ -147,6 +147,64 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
     assert {"adherence_full", "adherence_disca", "psnr_disca_vs_full"} <= set(metrics)
     ck = load_checkpoint(tmp_path / "p")
     assert ck.predictor is not None and ck.text is not None and ck.cfg.dit.mean_flow
+
+
+def _log(path):
+    return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+
+
+def test_distill_logs_every_step_keeps_the_best_and_resumes_its_log(tiny_teacher, tmp_path):
+    out = tmp_path / "s"
+    args = dict(TINY, eval_every=1, ckpt_every=2)
+    train_student(out, tiny_teacher, TrainArgs(steps=3, **args), grid_steps=4)
+    log = _log(out)
+    steps = [r for r in log if "eval" not in r]
+    evals = [r["eval"] for r in log if "eval" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and [e["step"] for e in evals] == [1, 2, 3]
+    for key in ("loss", "mse", "target_rms", "jvp_rms", "v_rms", "grad_norm", "lr"):
+        assert all(np.isfinite(r[key]) for r in steps), key
+    assert all(any(k.startswith("mse_t") for k in r) for r in steps)  # the per-t buckets
+    # best/: the latest evaluation with the top score (ties go to the later one), loadable on its own
+    top = max(e["adherence_full"] for e in evals)
+    best_step = max(e["step"] for e in evals if e["adherence_full"] == top)
+    best = json.loads((out / "best" / "config.json").read_text())
+    assert best["step"] == best_step and best["metrics"]["adherence_full"] == top
+    assert load_checkpoint(out / "best", require_predictor=False).cfg.dit.mean_flow
+    # resumed from the step-2 checkpoint? no: the last one is step 3; continue to 5 and the log reads as one run
+    train_student(out, tiny_teacher, TrainArgs(steps=5, **args), grid_steps=4)
+    assert [r["step"] for r in _log(out) if "eval" not in r] == [1, 2, 3, 4, 5]
+    assert (out / "best" / "config.json").is_file()
+
+
+def test_guard_stops_on_a_blow_up_not_on_noise():
+    g = Guard(20.0, ("loss", "target_rms"))
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # noisy but level: never stops
+        assert g.check({"loss": rng.uniform(0.5, 2.0), "target_rms": 1.0}) is None
+    problem = None
+    for i in range(60):  # the target's norm grows 20% a step
+        problem = problem or g.check({"loss": 1.0, "target_rms": 1.2**i})
+    assert problem and problem.startswith("target_rms rose to")
+    assert Guard(20.0, ("loss",)).check({"loss": float("nan")}) == "loss is nan"
+    assert Guard(0.0, ("loss",)).check({"loss": float("inf")}) == "loss is inf"  # off: still stops on non-finite
+
+
+def test_an_absurd_learning_rate_stops_with_one_clear_error(tiny_teacher, tmp_path):
+    """Forced divergence: lr 1e3 on the tiny model. The CLI says what diverged, in one line, and
+    leaves the last checkpoint as it was."""
+    out = tmp_path / "s"
+    common = ["distill", "--teacher", str(tiny_teacher), "--out", str(out), "--batch", "2", "--frames", "2"]
+    common += ["--size", "16", "--grid-steps", "4", "--eval-every", "0", "--eval-n", "2", "--ema", "0"]
+    r = CliRunner().invoke(train_cli, [*common, "--steps", "2", "--ckpt-every", "2", "--warmup", "1"])
+    assert r.exit_code == 0, r.output
+    before = _weights(out)
+    r = CliRunner().invoke(train_cli, [*common, "--steps", "200", "--ckpt-every", "1000", "--lr", "1e3"])
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "distill diverged at step" in lines[0] and "lower --lr" in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert _log(out)[-1]["diverged"]
+    torch.testing.assert_close(_weights(out), before, rtol=0, atol=0)  # the checkpoint is untouched
 
 
 def test_trained_checkpoint_exports_with_its_text_table(tiny_teacher, tmp_path):

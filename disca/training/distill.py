@@ -67,13 +67,45 @@ def sample_times(batch: int, gen, sig: torch.Tensor, max_gap: int, plain: bool, 
     return t, torch.where(equal, t, r)
 
 
-def meanflow_target(student, z, t, r, v, text):
-    """-> (u, stopgrad target) of the MeanFlow identity: u_tgt = v - (t - r) * (v du/dz + du/dt)."""
+def meanflow_target(student, z, t, r, v, text, terms: dict | None = None):
+    """-> (u, stopgrad target) of the MeanFlow identity: u_tgt = v - (t - r) * (v du/dz + du/dt).
+
+    `terms`, if given, receives the JVP term (t - r) * du/dt (detached), for the run's log.
+    """
     with sdpa_kernel(SDPBackend.MATH):
         u, dudt = torch.func.jvp(
             lambda z_, r_, t_: student(z_, t_, r_, text), (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t))
         )
-    return u, (v - expand(t - r, v) * dudt).detach()
+    jvp_term = (expand(t - r, v) * dudt).detach()
+    if terms is not None:
+        terms["jvp"] = jvp_term
+    return u, v - jvp_term
+
+
+T_BUCKETS = (0.25, 0.5, 0.75)  # per-t error buckets of the log: t < 0.25, < 0.5, < 0.75, <= 1
+
+
+def step_terms(err, u, v, target, jvp, t, r, weight) -> dict:
+    """What the log records every step: the loss terms, the target's parts and the error per t bucket."""
+    rms = lambda a: a.detach().pow(2).mean().sqrt().item()  # noqa: E731
+    logs = {
+        "mse": err.mean().item(),
+        "u_rms": rms(u),
+        "v_rms": rms(v),  # the teacher's guided velocity
+        "target_rms": rms(target),
+        "jvp_rms": rms(jvp),  # (t - r) du/dt: the student's own part of its target
+        "weight": weight.mean().item(),
+    }
+    gap = r < t
+    if gap.any():
+        logs["mse_gap"] = err[gap].mean().item()
+    if (~gap).any():
+        logs["mse_equal"] = err[~gap].mean().item()  # r = t: the target is the teacher's velocity alone
+    bucket = torch.bucketize(t, torch.tensor(T_BUCKETS, device=t.device))
+    for b in range(len(T_BUCKETS) + 1):
+        if (bucket == b).any():
+            logs[f"mse_t{b}"] = err[bucket == b].mean().item()
+    return logs
 
 
 def train_student(
@@ -87,6 +119,7 @@ def train_student(
     guidance: float = 4.0,
     equal_frac: float = 0.25,
     adaptive_c: float = 1e-3,
+    adaptive_p: float = 1.0,
 ):
     teacher = load_checkpoint(teacher_dir, require_predictor=False)
     if teacher.text is None:
@@ -112,10 +145,11 @@ def train_student(
         t, r = sample_times(args.batch, gen, sig, max_gap, plain, equal_frac, device)
         z = noisy(x, e, t)
         v = guided_velocity(tdit, z, t, txt, null, guidance)
-        u, target = meanflow_target(student, z, t, r, v, txt)
+        terms: dict = {}
+        u, target = meanflow_target(student, z, t, r, v, txt, terms)
         err = ((u - target) ** 2).flatten(1).mean(1)  # (B,)
-        weight = 1.0 / (err.detach() + adaptive_c)  # adaptive weighting, p = 1
-        return (weight * err).mean(), {"mse": err.mean().item()}
+        weight = 1.0 / (err.detach() + adaptive_c) ** adaptive_p  # adaptive weighting (p = 0: plain MSE)
+        return (weight * err).mean(), step_terms(err, u, v, target, terms["jvp"], t, r, weight)
 
     def evaluate():
         return eval_student(student, text, args.eval_n, args.frames, args.size, grid_steps, shift, device=device)
@@ -127,6 +161,9 @@ def train_student(
         "plain": plain,
         "guidance": guidance,
         "equal_frac": equal_frac,
+        "adaptive_c": adaptive_c,
+        "adaptive_p": adaptive_p,
         "teacher": str(teacher_dir),
     }
-    return train(stage, out, ckpt, list(student.parameters()), loss_fn, evaluate, args, start, extra)
+    params = list(student.parameters())
+    return train(stage, out, ckpt, params, loss_fn, evaluate, args, start, extra, guard_keys=("mse", "target_rms"))
