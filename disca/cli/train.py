@@ -127,9 +127,17 @@ def teacher_cmd(args, out, preset, text_dropout, guidance):
     type=click.FloatRange(min=0),
     help="Adaptive loss weight 1 / (err + c)^p (MeanFlow's p = 1; 0: plain MSE).",
 )
+@click.option(
+    "--end-steps",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Intervals that end at the data (r = 0): target from the teacher's ODE in this many Euler steps "
+    "(0: the MeanFlow identity, where the teacher's velocity cancels out with an x-prediction head).",
+)
 @train_options
 @clean_errors
-def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance, adaptive_p):
+def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance, adaptive_p, end_steps):
     """Distill a few-step mean-flow student from the teacher with Restricted MeanFlow.
 
     Every step is logged to OUT/log.jsonl (loss terms, the target's and its JVP term's norms, gradient norm,
@@ -137,7 +145,9 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     """
     from disca.training.distill import train_student
 
-    train_student(out, teacher_dir, args, grid_steps, shift, max_gap, plain, guidance, adaptive_p=adaptive_p)
+    train_student(
+        out, teacher_dir, args, grid_steps, shift, max_gap, plain, guidance, adaptive_p=adaptive_p, end_steps=end_steps
+    )
 
 
 @main.command("predictor")

@@ -27,7 +27,7 @@ from disca.models import VideoDiT
 from disca.models.checkpoint import Checkpoint, load_checkpoint
 from disca.task import sample_batch
 from disca.training.evaluation import eval_student
-from disca.training.flow import expand, grid, guided_velocity, logit_normal, noisy
+from disca.training.flow import expand, grid, guided_velocity, logit_normal, noisy, teacher_endpoint
 from disca.training.loop import TrainArgs, train
 from disca.training.state import resume_point
 
@@ -85,7 +85,7 @@ def meanflow_target(student, z, t, r, v, text, terms: dict | None = None):
 T_BUCKETS = (0.25, 0.5, 0.75)  # per-t error buckets of the log: t < 0.25, < 0.5, < 0.75, <= 1
 
 
-def step_terms(err, u, v, target, jvp, t, r, weight) -> dict:
+def step_terms(err, u, v, target, jvp, t, r, weight, end=None) -> dict:
     """What the log records every step: the loss terms, the target's parts and the error per t bucket."""
     rms = lambda a: a.detach().pow(2).mean().sqrt().item()  # noqa: E731
     logs = {
@@ -101,6 +101,8 @@ def step_terms(err, u, v, target, jvp, t, r, weight) -> dict:
         logs["mse_gap"] = err[gap].mean().item()
     if (~gap).any():
         logs["mse_equal"] = err[~gap].mean().item()  # r = t: the target is the teacher's velocity alone
+    if end is not None and end.any():
+        logs["mse_end"] = err[end].mean().item()  # intervals that end at the data (r = 0)
     bucket = torch.bucketize(t, torch.tensor(T_BUCKETS, device=t.device))
     for b in range(len(T_BUCKETS) + 1):
         if (bucket == b).any():
@@ -120,6 +122,7 @@ def train_student(
     equal_frac: float = 0.25,
     adaptive_c: float = 1e-3,
     adaptive_p: float = 1.0,
+    end_steps: int = 0,
 ):
     teacher = load_checkpoint(teacher_dir, require_predictor=False)
     if teacher.text is None:
@@ -147,9 +150,14 @@ def train_student(
         v = guided_velocity(tdit, z, t, txt, null, guidance)
         terms: dict = {}
         u, target = meanflow_target(student, z, t, r, v, txt, terms)
+        end = (r == 0) & (t > 0)
+        if end_steps and end.any():  # intervals that end at the data: the teacher's own ODE solution as target
+            x0 = teacher_endpoint(tdit, z[end], t[end], txt[end], null[end], guidance, end_steps)
+            target = target.clone()
+            target[end] = (z[end] - x0) / expand(t[end], x0)
         err = ((u - target) ** 2).flatten(1).mean(1)  # (B,)
         weight = 1.0 / (err.detach() + adaptive_c) ** adaptive_p  # adaptive weighting (p = 0: plain MSE)
-        return (weight * err).mean(), step_terms(err, u, v, target, terms["jvp"], t, r, weight)
+        return (weight * err).mean(), step_terms(err, u, v, target, terms["jvp"], t, r, weight, end)
 
     def evaluate():
         return eval_student(student, text, args.eval_n, args.frames, args.size, grid_steps, shift, device=device)
@@ -163,6 +171,7 @@ def train_student(
         "equal_frac": equal_frac,
         "adaptive_c": adaptive_c,
         "adaptive_p": adaptive_p,
+        "end_steps": end_steps,
         "teacher": str(teacher_dir),
     }
     params = list(student.parameters())

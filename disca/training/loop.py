@@ -107,9 +107,10 @@ def train(
             problem = guard.check(record)
             if problem:
                 log.write({"step": step + 1, "lr": lr, "grad_norm": grad_norm, **record, "diverged": problem})
+                best_note = f" and the best in {Path(out) / BEST}" if (Path(out) / BEST).is_dir() else ""
                 raise DivergenceError(
-                    f"{stage} diverged at step {step + 1}: {problem}. The last checkpoint in {out} and the best "
-                    f"in {Path(out) / BEST} are kept; resume from one with a lower --lr (or --guard 0 to not stop)"
+                    f"{stage} diverged at step {step + 1}: {problem}. The last checkpoint in {out}{best_note} is "
+                    "kept: resume from it with a lower --lr (--guard 0 stops only on values that are not finite)"
                 )
             opt.step()
             if ema is not None:
