@@ -129,7 +129,7 @@ def teacher_cmd(args, out, preset, text_dropout, guidance):
 )
 @click.option(
     "--end-steps",
-    default=0,
+    default=4,
     show_default=True,
     type=click.IntRange(min=0),
     help="Intervals that end at the data (r = 0): target from the teacher's ODE in this many Euler steps "

@@ -13,6 +13,13 @@ at most `max_gap` grid intervals apart (the long jumps of plain MeanFlow, e.g.
 noise -> data, are never trained). `plain=True` samples (t, r) freely instead,
 to show the difference.
 
+The intervals that end at the data (r = 0: the last grid step, and gap-2 pairs reaching it)
+take their target from the teacher's ODE instead (`end_steps` Euler steps of the guided
+teacher from t to 0). With an x-prediction head, u = (z - x_hat) / t, the identity's target at
+r = 0 is u + d x_hat/dt: the student's own output and derivative, the teacher's v only steering
+the derivative. Restricted training never meets the boundary r = t = 0 that would pin it, so
+this interval drifted (the cause of the collapse after ~200 steps; README, Training).
+
 The JVP runs attention through PyTorch's math kernel: the fused CPU attention
 kernels have no forward-mode AD rule.
 """
@@ -122,7 +129,7 @@ def train_student(
     equal_frac: float = 0.25,
     adaptive_c: float = 1e-3,
     adaptive_p: float = 1.0,
-    end_steps: int = 0,
+    end_steps: int = 4,
 ):
     teacher = load_checkpoint(teacher_dir, require_predictor=False)
     if teacher.text is None:
