@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--cache", type=Path, help="Keep the teacher's side in this file for reruns (same --teacher and --n).")
     a = ap.parse_args()
     torch.set_num_threads(1)
     teacher = load_checkpoint(a.teacher, require_predictor=False)
@@ -55,12 +57,16 @@ def main() -> None:
     with torch.no_grad():
         txt = text.encode(prompts)
     null = text.null(a.n, txt.shape[1])
-    cases = {}
+    cases = torch.load(a.cache) if a.cache and a.cache.is_file() else {}
     for name, (i, j) in PAIRS.items():
+        if name in cases:
+            continue
         t, r = sig[i].expand(a.n).clone(), sig[j].expand(a.n).clone()
         z = noisy(x, e, t)
         v = guided_velocity(tdit, z, t, txt, null, 4.0)
         cases[name] = (z, t, r, v, v if i == j else truth_velocity(tdit, z, t, r, txt, null))
+    if a.cache:
+        torch.save(cases, a.cache)
     for path in a.checkpoints:
         student = load_checkpoint(path, require_predictor=False).dit.eval()
         row = {}
