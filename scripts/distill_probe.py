@@ -45,7 +45,9 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--cache", type=Path, help="Keep the teacher's side in this file for reruns (same --teacher and --n).")
+    ap.add_argument(
+        "--cache", type=Path, help="Keep the teacher's side in this file for reruns (same --teacher and --n)."
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     teacher = load_checkpoint(a.teacher, require_predictor=False)
