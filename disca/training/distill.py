@@ -18,7 +18,7 @@ take their target from the teacher's ODE instead (`end_steps` Euler steps of the
 teacher from t to 0). With an x-prediction head, u = (z - x_hat) / t, the identity's target at
 r = 0 is u + d x_hat/dt: the student's own output and derivative, the teacher's v only steering
 the derivative. Restricted training never meets the boundary r = t = 0 that would pin it, so
-this interval drifted (the cause of the collapse after ~200 steps; README, Training).
+this interval drifted, then ran away (README, Training > What made distillation collapse).
 
 The JVP runs attention through PyTorch's math kernel: the fused CPU attention
 kernels have no forward-mode AD rule.
