@@ -177,6 +177,8 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
         adversarial=0.1,
     )
     assert {"adherence_full", "adherence_disca", "psnr_disca_vs_full"} <= set(metrics)
+    best = json.loads((tmp_path / "p" / "best" / "config.json").read_text())
+    assert best["stage"] == "predictor" and best["metrics"] == metrics  # ranked by DisCa sampling's adherence
     ck = load_checkpoint(tmp_path / "p")
     assert ck.predictor is not None and ck.text is not None and ck.cfg.dit.mean_flow
 

@@ -206,11 +206,15 @@ class Guard:
         return None
 
 
+BEST_BY = ("adherence_disca", "adherence_full", "adherence", "psnr_disca_vs_full")  # all: higher is better
+
+
 def _score(metrics: dict) -> float | None:
-    """What `best/` ranks by: the first evaluation figure (adherence, or the student's all-full adherence)."""
-    for k, v in metrics.items():
-        if k != "step" and isinstance(v, float | int):
-            return float(v)
+    """What `best/` ranks by: the first of BEST_BY the stage evaluates (DisCa sampling's adherence for a
+    predictor, all-full adherence for a student); None: no best/ for this stage."""
+    for k in BEST_BY:
+        if isinstance(metrics.get(k), float | int):
+            return float(metrics[k])
     return None
 
 
