@@ -8,8 +8,9 @@ runs=${RUNS:-runs}
 
 disca-train teacher --preset demo --out "$runs/teacher" --batch 16 --lr 5e-4 --ema 0.999 \
     --ckpt-every 50 --eval-every 1000 --steps "${TEACHER_STEPS:-11100}"
+# --end-steps 0: the shipped student predates the r = 0 fix (README, Training > What made distillation collapse)
 disca-train distill --teacher "$runs/teacher" --out "$runs/student" --batch 8 --lr 2e-4 --max-gap 2 \
-    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}"
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}" --end-steps 0
 disca-train distill --teacher "$runs/teacher" --out "$runs/student-plain" --plain --batch 8 --lr 2e-4 \
     --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-200}"
 disca-train predictor --student "$runs/student" --out "$runs/predictor" --trajectories 128 --max-gap 7 \

@@ -12,8 +12,8 @@ from disca.models import preset, randomize_
 from disca.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from disca.models.text import WordEmbedding
 from disca.training.distill import meanflow_target, sample_times, student_from_teacher, train_student
-from disca.training.flow import grid
-from disca.training.loop import TrainArgs
+from disca.training.flow import grid, guided_velocity, teacher_endpoint
+from disca.training.loop import Guard, TrainArgs
 from disca.training.predictor import schedule_pairs, train_predictor, training_pairs
 from disca.training.teacher import teacher_config, train_teacher
 
@@ -56,6 +56,38 @@ def test_meanflow_target_matches_finite_differences(tiny_teacher):
     fd_target = v - (t - r).view(-1, 1, 1, 1, 1) * dudt
     assert torch.linalg.norm(target - fd_target) / torch.linalg.norm(fd_target) < 1e-2
     torch.testing.assert_close(u, student(z, t, r, text))
+
+
+def test_at_r_0_an_x_prediction_students_target_has_no_teacher_term(tiny_teacher):
+    """Why the interval that ends at the data drifts: with u = (z - x_hat) / t, the identity's target at r = 0 is
+    u + d x_hat/dt along (v, 1), the student's own output and derivative; v only steers the derivative."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    ck = load_checkpoint(tiny_teacher, require_predictor=False)
+    ck.cfg.dit.prediction = "x"  # the demo's parametrization; the tiny preset predicts velocity
+    student = student_from_teacher(ck).dit.double()
+    g = torch.Generator().manual_seed(0)
+    z, v = torch.randn(2, 3, 2, 8, 8, generator=g).double(), torch.randn(2, 3, 2, 8, 8, generator=g).double()
+    t, r, text = torch.tensor([0.3, 0.6]).double(), torch.zeros(2).double(), torch.randn(2, 5, 16).double()
+    u, target = meanflow_target(student, z, t, r, v, text)
+    with sdpa_kernel(SDPBackend.MATH):
+        _, dx = torch.func.jvp(
+            lambda z_, t_: z_ - t_.view(-1, 1, 1, 1, 1) * student(z_, t_, r, text), (z, t), (v, torch.ones_like(t))
+        )
+    torch.testing.assert_close(target, u.detach() + dx, rtol=1e-9, atol=1e-9)
+
+
+def test_teacher_endpoint_is_euler_on_the_guided_teacher(tiny_teacher):
+    ck = load_checkpoint(tiny_teacher, require_predictor=False)
+    g = torch.Generator().manual_seed(0)
+    z, text = torch.randn(2, 3, 2, 8, 8, generator=g), torch.randn(2, 5, 16, generator=g)
+    null, t = torch.zeros_like(text), torch.tensor([0.2, 0.4])
+    with torch.no_grad():
+        one = z - t.view(-1, 1, 1, 1, 1) * guided_velocity(ck.dit, z, t, text, null, 4.0)
+        torch.testing.assert_close(teacher_endpoint(ck.dit, z, t, text, null, 4.0, 1), one)
+        half = z - (t / 2).view(-1, 1, 1, 1, 1) * guided_velocity(ck.dit, z, t, text, null, 4.0)
+        two = half - (t / 2).view(-1, 1, 1, 1, 1) * guided_velocity(ck.dit, half, t / 2, text, null, 4.0)
+        torch.testing.assert_close(teacher_endpoint(ck.dit, z, t, text, null, 4.0, 2), two)
 
 
 def test_restricted_times_are_grid_neighbours():
@@ -145,6 +177,8 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
         adversarial=0.1,
     )
     assert {"adherence_full", "adherence_disca", "psnr_disca_vs_full"} <= set(metrics)
+    best = json.loads((tmp_path / "p" / "best" / "config.json").read_text())
+    assert best["stage"] == "predictor" and best["metrics"] == metrics  # ranked by DisCa sampling's adherence
     ck = load_checkpoint(tmp_path / "p")
     assert ck.predictor is not None and ck.text is not None and ck.cfg.dit.mean_flow
     # the forecast predictor, 0 blocks: trains, and its config says what the runtime feeds it
@@ -178,6 +212,64 @@ def test_forecast_cache_is_the_runtimes_taylor_forecast():
     torch.testing.assert_close(got[1], hiddens[1, 0])  # no earlier anchor: the cache itself
     prev = previous_anchors(np.random.default_rng(0), torch.tensor([0, 1, 5, 5, 5]), 3)
     assert prev[0] == -1 and prev[1] == 0 and all(2 <= p < 5 for p in prev[2:])
+
+
+def _log(path):
+    return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+
+
+def test_distill_logs_every_step_keeps_the_best_and_resumes_its_log(tiny_teacher, tmp_path):
+    out = tmp_path / "s"
+    args = dict(TINY, eval_every=1, ckpt_every=2, batch=8)  # batch 8 on a 4-step grid: some intervals end at r = 0
+    train_student(out, tiny_teacher, TrainArgs(steps=3, **args), grid_steps=4, end_steps=2)
+    log = _log(out)
+    steps = [r for r in log if "eval" not in r]
+    evals = [r["eval"] for r in log if "eval" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and [e["step"] for e in evals] == [1, 2, 3]
+    for key in ("loss", "mse", "target_rms", "jvp_rms", "v_rms", "grad_norm", "lr", "mse_end"):
+        assert all(np.isfinite(r[key]) for r in steps), key
+    assert all(any(k.startswith("mse_t") for k in r) for r in steps)  # the per-t buckets
+    # best/: the latest evaluation with the top score (ties go to the later one), loadable on its own
+    top = max(e["adherence_full"] for e in evals)
+    best_step = max(e["step"] for e in evals if e["adherence_full"] == top)
+    best = json.loads((out / "best" / "config.json").read_text())
+    assert best["step"] == best_step and best["metrics"]["adherence_full"] == top
+    assert load_checkpoint(out / "best", require_predictor=False).cfg.dit.mean_flow
+    # resumed from the step-2 checkpoint? no: the last one is step 3; continue to 5 and the log reads as one run
+    train_student(out, tiny_teacher, TrainArgs(steps=5, **args), grid_steps=4, end_steps=2)
+    assert [r["step"] for r in _log(out) if "eval" not in r] == [1, 2, 3, 4, 5]
+    assert (out / "best" / "config.json").is_file()
+
+
+def test_guard_stops_on_a_blow_up_not_on_noise():
+    g = Guard(20.0, ("loss", "target_rms"))
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # noisy but level: never stops
+        assert g.check({"loss": rng.uniform(0.5, 2.0), "target_rms": 1.0}) is None
+    problem = None
+    for i in range(60):  # the target's norm grows 20% a step
+        problem = problem or g.check({"loss": 1.0, "target_rms": 1.2**i})
+    assert problem and problem.startswith("target_rms rose to")
+    assert Guard(20.0, ("loss",)).check({"loss": float("nan")}) == "loss is nan"
+    assert Guard(0.0, ("loss",)).check({"loss": float("inf")}) == "loss is inf"  # off: still stops on non-finite
+
+
+def test_an_absurd_learning_rate_stops_with_one_clear_error(tiny_teacher, tmp_path):
+    """Forced divergence: lr 1e3 on the tiny model. The CLI says what diverged, in one line, and
+    leaves the last checkpoint as it was."""
+    out = tmp_path / "s"
+    common = ["distill", "--teacher", str(tiny_teacher), "--out", str(out), "--batch", "2", "--frames", "2"]
+    common += ["--size", "16", "--grid-steps", "4", "--eval-every", "0", "--eval-n", "2", "--ema", "0"]
+    r = CliRunner().invoke(train_cli, [*common, "--steps", "2", "--ckpt-every", "2", "--warmup", "1"])
+    assert r.exit_code == 0, r.output
+    before = _weights(out)
+    r = CliRunner().invoke(train_cli, [*common, "--steps", "200", "--ckpt-every", "1000", "--lr", "1e3"])
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "distill diverged at step" in lines[0] and "lower --lr" in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert _log(out)[-1]["diverged"]
+    torch.testing.assert_close(_weights(out), before, rtol=0, atol=0)  # the checkpoint is untouched
 
 
 def test_trained_checkpoint_exports_with_its_text_table(tiny_teacher, tmp_path):

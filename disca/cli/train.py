@@ -31,6 +31,13 @@ def train_options(fn):
         click.option("--eval-every", default=500, show_default=True, help="0: evaluate only at the end."),
         click.option("--eval-n", default=16, show_default=True, help="Clips in the fixed evaluation set."),
         click.option("--ema", default=0.999, show_default=True, help="EMA decay of the weights (0: off)."),
+        click.option(
+            "--guard",
+            default=20.0,
+            show_default=True,
+            type=click.FloatRange(min=0),
+            help="Stop when the loss or a target's norm rises this many times above its lowest level (0: off).",
+        ),
         click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
     ]
     for option in reversed(options):
@@ -113,13 +120,34 @@ def teacher_cmd(args, out, preset, text_dropout, guidance):
 )
 @click.option("--plain", is_flag=True, help="Plain MeanFlow: (t, r) anywhere in [0, 1] (for comparison).")
 @click.option("--guidance", default=4.0, show_default=True, help="CFG scale distilled into the student.")
+@click.option(
+    "--adaptive-p",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Adaptive loss weight 1 / (err + c)^p (MeanFlow's p = 1; 0: plain MSE).",
+)
+@click.option(
+    "--end-steps",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Intervals that end at the data (r = 0): target from the teacher's ODE in this many Euler steps "
+    "(0: the MeanFlow identity, where the teacher's velocity cancels out with an x-prediction head).",
+)
 @train_options
 @clean_errors
-def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance):
-    """Distill a few-step mean-flow student from the teacher with Restricted MeanFlow."""
+def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance, adaptive_p, end_steps):
+    """Distill a few-step mean-flow student from the teacher with Restricted MeanFlow.
+
+    Every step is logged to OUT/log.jsonl (loss terms, the target's and its JVP term's norms, gradient norm,
+    error per t bucket); every --eval-every steps the EMA weights are evaluated and the best kept in OUT/best.
+    """
     from disca.training.distill import train_student
 
-    train_student(out, teacher_dir, args, grid_steps, shift, max_gap, plain, guidance)
+    train_student(
+        out, teacher_dir, args, grid_steps, shift, max_gap, plain, guidance, adaptive_p=adaptive_p, end_steps=end_steps
+    )
 
 
 @main.command("predictor")
@@ -247,3 +275,7 @@ def _latent_shape(text: str | None, frames: int, size: int) -> tuple[int, int, i
     if len(shape) != 3 or min(shape) < 1:
         raise click.BadParameter(f"expected F,H,W (latent frames, height, width), got {text!r}", param_hint="--latent")
     return shape
+
+
+if __name__ == "__main__":
+    main()

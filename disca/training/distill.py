@@ -13,6 +13,13 @@ at most `max_gap` grid intervals apart (the long jumps of plain MeanFlow, e.g.
 noise -> data, are never trained). `plain=True` samples (t, r) freely instead,
 to show the difference.
 
+The intervals that end at the data (r = 0: the last grid step, and gap-2 pairs reaching it)
+take their target from the teacher's ODE instead (`end_steps` Euler steps of the guided
+teacher from t to 0). With an x-prediction head, u = (z - x_hat) / t, the identity's target at
+r = 0 is u + d x_hat/dt: the student's own output and derivative, the teacher's v only steering
+the derivative. Restricted training never meets the boundary r = t = 0 that would pin it, so
+this interval drifted, then ran away (README, Training > What made distillation collapse).
+
 The JVP runs attention through PyTorch's math kernel: the fused CPU attention
 kernels have no forward-mode AD rule.
 """
@@ -27,7 +34,7 @@ from disca.models import VideoDiT
 from disca.models.checkpoint import Checkpoint, load_checkpoint
 from disca.task import sample_batch
 from disca.training.evaluation import eval_student
-from disca.training.flow import expand, grid, guided_velocity, logit_normal, noisy
+from disca.training.flow import expand, grid, guided_velocity, logit_normal, noisy, teacher_endpoint
 from disca.training.loop import TrainArgs, train
 from disca.training.state import resume_point
 
@@ -67,13 +74,47 @@ def sample_times(batch: int, gen, sig: torch.Tensor, max_gap: int, plain: bool, 
     return t, torch.where(equal, t, r)
 
 
-def meanflow_target(student, z, t, r, v, text):
-    """-> (u, stopgrad target) of the MeanFlow identity: u_tgt = v - (t - r) * (v du/dz + du/dt)."""
+def meanflow_target(student, z, t, r, v, text, terms: dict | None = None):
+    """-> (u, stopgrad target) of the MeanFlow identity: u_tgt = v - (t - r) * (v du/dz + du/dt).
+
+    `terms`, if given, receives the JVP term (t - r) * du/dt (detached), for the run's log.
+    """
     with sdpa_kernel(SDPBackend.MATH):
         u, dudt = torch.func.jvp(
             lambda z_, r_, t_: student(z_, t_, r_, text), (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t))
         )
-    return u, (v - expand(t - r, v) * dudt).detach()
+    jvp_term = (expand(t - r, v) * dudt).detach()
+    if terms is not None:
+        terms["jvp"] = jvp_term
+    return u, v - jvp_term
+
+
+T_BUCKETS = (0.25, 0.5, 0.75)  # per-t error buckets of the log: t < 0.25, < 0.5, < 0.75, <= 1
+
+
+def step_terms(err, u, v, target, jvp, t, r, weight, end=None) -> dict:
+    """What the log records every step: the loss terms, the target's parts and the error per t bucket."""
+    rms = lambda a: a.detach().pow(2).mean().sqrt().item()  # noqa: E731
+    logs = {
+        "mse": err.mean().item(),
+        "u_rms": rms(u),
+        "v_rms": rms(v),  # the teacher's guided velocity
+        "target_rms": rms(target),
+        "jvp_rms": rms(jvp),  # (t - r) du/dt: the student's own part of its target
+        "weight": weight.mean().item(),
+    }
+    gap = r < t
+    if gap.any():
+        logs["mse_gap"] = err[gap].mean().item()
+    if (~gap).any():
+        logs["mse_equal"] = err[~gap].mean().item()  # r = t: the target is the teacher's velocity alone
+    if end is not None and end.any():
+        logs["mse_end"] = err[end].mean().item()  # intervals that end at the data (r = 0)
+    bucket = torch.bucketize(t, torch.tensor(T_BUCKETS, device=t.device))
+    for b in range(len(T_BUCKETS) + 1):
+        if (bucket == b).any():
+            logs[f"mse_t{b}"] = err[bucket == b].mean().item()
+    return logs
 
 
 def train_student(
@@ -87,6 +128,8 @@ def train_student(
     guidance: float = 4.0,
     equal_frac: float = 0.25,
     adaptive_c: float = 1e-3,
+    adaptive_p: float = 1.0,
+    end_steps: int = 4,
 ):
     teacher = load_checkpoint(teacher_dir, require_predictor=False)
     if teacher.text is None:
@@ -112,10 +155,16 @@ def train_student(
         t, r = sample_times(args.batch, gen, sig, max_gap, plain, equal_frac, device)
         z = noisy(x, e, t)
         v = guided_velocity(tdit, z, t, txt, null, guidance)
-        u, target = meanflow_target(student, z, t, r, v, txt)
+        terms: dict = {}
+        u, target = meanflow_target(student, z, t, r, v, txt, terms)
+        end = (r == 0) & (t > 0)
+        if end_steps and end.any():  # intervals that end at the data: the teacher's own ODE solution as target
+            x0 = teacher_endpoint(tdit, z[end], t[end], txt[end], null[end], guidance, end_steps)
+            target = target.clone()
+            target[end] = (z[end] - x0) / expand(t[end], x0)
         err = ((u - target) ** 2).flatten(1).mean(1)  # (B,)
-        weight = 1.0 / (err.detach() + adaptive_c)  # adaptive weighting, p = 1
-        return (weight * err).mean(), {"mse": err.mean().item()}
+        weight = 1.0 / (err.detach() + adaptive_c) ** adaptive_p  # adaptive weighting (p = 0: plain MSE)
+        return (weight * err).mean(), step_terms(err, u, v, target, terms["jvp"], t, r, weight, end)
 
     def evaluate():
         return eval_student(student, text, args.eval_n, args.frames, args.size, grid_steps, shift, device=device)
@@ -127,6 +176,10 @@ def train_student(
         "plain": plain,
         "guidance": guidance,
         "equal_frac": equal_frac,
+        "adaptive_c": adaptive_c,
+        "adaptive_p": adaptive_p,
+        "end_steps": end_steps,
         "teacher": str(teacher_dir),
     }
-    return train(stage, out, ckpt, list(student.parameters()), loss_fn, evaluate, args, start, extra)
+    params = list(student.parameters())
+    return train(stage, out, ckpt, params, loss_fn, evaluate, args, start, extra, guard_keys=("mse", "target_rms"))

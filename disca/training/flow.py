@@ -48,6 +48,15 @@ def sample_teacher(teacher, noise, text, null_text, steps: int = 50, shift: floa
 
 
 @torch.no_grad()
+def teacher_endpoint(teacher, z, t, text, null_text, guidance: float, steps: int) -> torch.Tensor:
+    """The guided teacher's ODE solved from z at time t down to 0 in `steps` uniform Euler steps -> x_0."""
+    for k in range(steps):
+        t_k, t_next = t * (1 - k / steps), t * (1 - (k + 1) / steps)
+        z = z + expand(t_next - t_k, z) * guided_velocity(teacher, z, t_k, text, null_text, guidance)
+    return z
+
+
+@torch.no_grad()
 def student_trajectory(dit, noise, text, steps: int, shift: float):
     """All-full mean-flow sampling that records, per step, the input latent and the trunk's hidden state.
 

@@ -3,6 +3,8 @@
     out/config.json  {"model": ..., "stage": "teacher", "step": 1200, "train": {args}, "metrics": {...}}
     out/*.safetensors model weights (the same layout as any disca checkpoint)
     out/optimizer.safetensors + out/optimizer.json   optimizer state (tensors, then plain data)
+    out/log.jsonl, out/best/   the run's log and best evaluated weights (see loop.py), carried from one
+                               checkpoint to the next
 
 Per-step randomness is derived from (seed, step), so a resumed run continues
 exactly where an uninterrupted one would have gone.
@@ -11,12 +13,16 @@ exactly where an uninterrupted one would have gone.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from disca.errors import CheckpointError
 from disca.models.checkpoint import Checkpoint, load_checkpoint, read_config, save_checkpoint
+
+LOG, BEST = "log.jsonl", "best"
 
 
 def step_generators(seed: int, step: int, device="cpu"):
@@ -52,9 +58,29 @@ def _ema_writer(ema: dict):
     return write
 
 
+def _carry_writer(out):
+    """Bring the run's log and best/ into the new checkpoint directory (best/ hard-linked: no copy)."""
+    out = Path(out)
+
+    def write(dir_path: Path) -> None:
+        if (out / LOG).is_file():
+            shutil.copy2(out / LOG, dir_path / LOG)
+        if (out / BEST / "config.json").is_file():
+            shutil.copytree(out / BEST, dir_path / BEST, copy_function=_link_or_copy)
+
+    return write
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def save_state(out, ckpt: Checkpoint, opt, stage: str, step: int, train_args: dict, metrics, ema=None):
     extra = {**ckpt.extra, "stage": stage, "step": step, "train": train_args, "metrics": metrics}
-    writers = [_optimizer_writer(opt)] + ([_ema_writer(ema)] if ema else [])
+    writers = [_optimizer_writer(opt), _carry_writer(out)] + ([_ema_writer(ema)] if ema else [])
     save_checkpoint(out, ckpt.cfg, ckpt.dit, ckpt.predictor, ckpt.text, extra=extra, writers=writers)
 
 
@@ -93,7 +119,8 @@ def resume_point(out, stage: str) -> tuple[Checkpoint, int] | None:
     """The checkpoint and step to resume a `stage` run in `out` from, or None for a fresh run."""
     out = Path(out)
     if not (out / "config.json").is_file():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name not in (LOG, BEST) for p in out.iterdir()):  # a run stopped before its
+            # first checkpoint leaves only these
             raise CheckpointError(f"{out} exists and is not a disca checkpoint: choose another --out")
         return None
     meta = read_config(out)
