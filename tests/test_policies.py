@@ -323,7 +323,7 @@ def test_dbcache_decisions_and_its_forecast(tiny_bundle):
         for name in ("dbcache", "dbcache-ts1", "dbcache-ts2"):
             # nothing under the threshold: every step full, probe + rest = the all-full result
             out, stats = pipe.denoise(latent, text, steps=8, policy=name, threshold=1e-9)
-            assert (stats.full_calls, stats.probe_calls) == (8, 8)
+            assert (stats.full_calls, stats.first_calls) == (8, 8)
             np.testing.assert_allclose(out, full, rtol=1e-4, atol=1e-5)
             # everything under it: warm-up (2), then a full step after every 2 cached ones
             out, stats = pipe.denoise(latent, text, steps=8, policy=name, threshold=1e9)
