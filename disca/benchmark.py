@@ -28,6 +28,7 @@ from disca.runtime.schedule import (
     make_policy,
 )
 
+BENCH_BUDGETS = (14, 12, 10, 8, 6, 5, 4, 3)  # anchor budgets K of 20 steps, about 1.3x to 4x
 DEFAULT_POLICIES = tuple(p for p in POLICIES if p != "full")  # all-full is the reference of every row
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
 BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
@@ -69,7 +70,7 @@ def run_benchmark(
     cal: CalibrationSet,
     *,
     policies=DEFAULT_POLICIES,
-    budgets=(14, 12, 10, 8, 6, 5, 4, 3),
+    budgets=BENCH_BUDGETS,
     thresholds=None,
     dbcache=None,
     backend: str = "onnxruntime",

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from disca.benchmark import DEFAULT_POLICIES
+from disca.benchmark import BENCH_BUDGETS, DEFAULT_POLICIES
 from disca.cli._common import FiniteFloat, clean_errors
 from disca.manifest import MAX_STEPS
 
@@ -17,7 +17,9 @@ from disca.manifest import MAX_STEPS
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--policies", default=",".join(DEFAULT_POLICIES), show_default=True)
-@click.option("--anchors", "budgets", default="14,12,10,8,6,5,4,3", show_default=True, help="Anchor budgets K to run.")
+@click.option(
+    "--anchors", "budgets", default=",".join(map(str, BENCH_BUDGETS)), show_default=True, help="Anchor budgets K."
+)
 @click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.2,0.5,1,2).")
 @click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.2,0.3,0.5,0.8).")
 @click.option(
