@@ -13,6 +13,7 @@ import numpy as np
 
 from disca.bundle import Bundle
 from disca.calibration.dataset import CalibrationSet, uses_task_vocabulary
+from disca.calibration.schedule_search import warmup_anchors
 from disca.metrics import psnr, ssim
 from disca.runtime.backends import get_backend
 from disca.runtime.pipeline import Pipeline
@@ -26,6 +27,7 @@ from disca.runtime.schedule import (
     calibrated_reuse_gaps,
     calibrated_taylor_gaps,
     make_policy,
+    uniform_anchors,
 )
 
 BENCH_BUDGETS = (14, 12, 10, 8, 6, 5, 4, 3)  # anchor budgets K of 20 steps, about 1.3x to 4x
@@ -39,6 +41,28 @@ DBCACHE_WARMUP = 2
 # The bench's prompt x seed set is drawn apart from the calibration set (seed 0), on which the TeaCache
 # polynomial, the FP8 ranges and the searched anchor lists are fitted: every policy is measured held out.
 BENCH_SEED = 1
+
+
+LIST_KINDS = ("searched", "even", "warm-up")
+
+
+def anchor_list(manifest: dict, steps: int, k: int, kind: str) -> tuple[list[int], str]:
+    """The anchor list of budget k an anchor policy runs: `searched` the bundle's best-known list
+    (`budget_anchors`), `even` even spacing, `warm-up` steps 0 and 1 then even spacing to the last step
+    (DBCache's static cache; TaylorSeer's forecasts do well on evenly spaced anchors)."""
+    if kind == "searched":
+        return budget_anchors(manifest, steps, k)
+    if kind == "even":
+        return uniform_anchors(steps, k), "even"
+    if kind == "warm-up":
+        return warmup_anchors(steps, k), "warm-up"
+    raise ValueError(f"unknown anchor-list kind {kind!r}; choose from {', '.join(LIST_KINDS)}")
+
+
+def curve_name(row: dict) -> str:
+    """One curve per policy and kind of anchor list."""
+    kind = row.get("lists", "searched")
+    return row["policy"] if kind == "searched" else f"{row['policy']} ({kind} lists)"
 
 
 def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
@@ -73,6 +97,7 @@ def run_benchmark(
     budgets=BENCH_BUDGETS,
     thresholds=None,
     dbcache=None,
+    lists=("searched",),
     backend: str = "onnxruntime",
     backend_options=None,
     teacher_path=None,
@@ -96,11 +121,12 @@ def run_benchmark(
     runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
         (
             name,
-            {"anchors": k, "anchor_list": a, "anchor_source": src},
+            {"anchors": k, "anchor_list": a, "anchor_source": src, "lists": kind},
             lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps),
         )
         for k in budgets
-        for a, src in [budget_anchors(bundle.manifest, steps, k)]
+        for kind in lists
+        for a, src in [anchor_list(bundle.manifest, steps, k, kind)]
         for name in policies
         if name not in THRESHOLD_POLICIES
     ]
@@ -213,8 +239,8 @@ def plot(report: dict, path) -> None:
     rows = [r for r in report["rows"] if r["policy"] != "full"]
     has_adh = any("adherence" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if has_adh else 1, figsize=(11 if has_adh else 6, 4), dpi=120, squeeze=False)
-    for policy in dict.fromkeys(r["policy"] for r in rows):
-        pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["speedup_vs_full"])  # ties happen
+    for policy in dict.fromkeys(curve_name(r) for r in rows):
+        pts = sorted((r for r in rows if curve_name(r) == policy), key=lambda r: r["speedup_vs_full"])  # ties happen
         speedups = [r["speedup_vs_full"] for r in pts]
         axes[0][0].plot(speedups, [r["psnr_db"] for r in pts], "o-", label=policy)
         if has_adh:

@@ -146,9 +146,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def schedule_cmd(
-    bundle, steps, k, prompts, samples, predictor_only, gaps_only, rounds, report_dir, no_write, as_json
-):
+def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, rounds, report_dir, no_write, as_json):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
 
