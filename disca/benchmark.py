@@ -33,7 +33,11 @@ from disca.runtime.schedule import (
 BENCH_BUDGETS = (14, 12, 10, 8, 6, 5, 4, 3)  # anchor budgets K of 20 steps, about 1.3x to 4x
 DEFAULT_POLICIES = tuple(p for p in POLICIES if p != "full")  # all-full is the reference of every row
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
-BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
+BENCH_THRESHOLDS = {
+    "disca-adaptive": (0.1, 0.15, 0.2, 0.3),
+    "teacache": (0.2, 0.5, 1.0, 2.0),
+    "first-block": (0.2, 0.3, 0.5, 0.8),
+}
 # DBCache's settings: (threshold, most cached steps in a row; None: no cap), 2 warm-up steps. A cap with a
 # threshold nothing reaches is a static cache every cap+1 steps, the library's strongest settings on this model.
 BENCH_DBCACHE = ((0.1, 2), (0.2, 2), (1e9, 2), (1e9, 3), (1e9, 4), (1e9, 6))
@@ -131,7 +135,13 @@ def run_benchmark(
         if name not in THRESHOLD_POLICIES
     ]
     runs += [
-        (name, {"threshold": x}, lambda name=name, x=x: make_policy(name, threshold=x, coefficients=coefficients))
+        (
+            name,
+            {"threshold": x},
+            lambda name=name, x=x: make_policy(
+                name, threshold=x, coefficients=coefficients, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+            ),
+        )
         for name in policies
         if name in THRESHOLD_POLICIES and name not in DBCACHE_POLICIES
         for x in thresholds[name]
@@ -214,6 +224,42 @@ def markdown(report: dict) -> str:
         cells += [f"{r['psnr_db']:.2f}" if "psnr_db" in r else "", f"{r['ssim']:.3f}" if "ssim" in r else ""]
         cells += [f"{r['adherence']:.3f}" if "adherence" in r else ""] if has_adh else []
         lines.append("| " + " | ".join(cells) + " |")
+    names = {r["policy"].startswith("disca") for r in report["rows"] if r["policy"] != "full"}
+    if names == {True, False}:  # both families ran: DisCa's margin at each speedup
+        lines += ["", "Best PSNR among the rows at least this fast:", "", margins_markdown(report)]
+    return "\n".join(lines)
+
+
+MARGIN_SPEEDS = (1.4, 1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2, 3.4, 3.6, 3.8, 4.0)
+
+
+def margins(report: dict, speeds=MARGIN_SPEEDS) -> list[dict]:
+    """At each speedup s: the best PSNR of a DisCa policy (any `disca*`) and of a training-free one among the
+    rows measured at s or faster, and DisCa's margin. -> [{speedup, disca, training_free, margin_db}], each
+    best given as its row (None where no row is that fast)."""
+    rows = [r for r in report["rows"] if r["policy"] != "full"]
+    out = []
+    for speed in speeds:
+        fast = [r for r in rows if r["speedup_vs_full"] >= speed]
+        ours = max((r for r in fast if r["policy"].startswith("disca")), key=lambda r: r["psnr_db"], default=None)
+        theirs = max((r for r in fast if not r["policy"].startswith("disca")), key=lambda r: r["psnr_db"], default=None)
+        margin = round(ours["psnr_db"] - theirs["psnr_db"], 2) if ours and theirs else None
+        out.append({"speedup": speed, "disca": ours, "training_free": theirs, "margin_db": margin})
+    return out
+
+
+def margins_markdown(report: dict) -> str:
+    def cell(r):
+        if r is None:
+            return "none this fast"
+        return f"{r['psnr_db']:.2f} ({r['policy']}, {_setting(r)}, {r['speedup_vs_full']:.2f}x)"
+
+    lines = ["| speedup >= | best DisCa | best training-free | margin (dB) |", "|---|---|---|---|"]
+    for m in margins(report):
+        if m["disca"] is None and m["training_free"] is None:
+            continue
+        margin = f"{m['margin_db']:+.2f}" if m["margin_db"] is not None else ""
+        lines.append(f"| {m['speedup']:.1f}x | {cell(m['disca'])} | {cell(m['training_free'])} | {margin} |")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from disca.manifest import MAX_STEPS
     show_default=True,
     help="Anchor lists the anchor policies run at each budget: searched (the bundle's), even, warm-up.",
 )
+@click.option("--adaptive", "adaptive_thresholds", help="disca-adaptive thresholds (default 0.1,0.15,0.2,0.3).")
 @click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.2,0.5,1,2).")
 @click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.2,0.3,0.5,0.8).")
 @click.option(
@@ -48,6 +49,7 @@ def main(
     policies,
     budgets,
     lists,
+    adaptive_thresholds,
     teacache_thresholds,
     first_block_thresholds,
     dbcache_settings,
@@ -91,6 +93,7 @@ def main(
     thresholds = {
         name: _numbers(text, float, option)
         for name, text, option in (
+            ("disca-adaptive", adaptive_thresholds, "--adaptive"),
             ("teacache", teacache_thresholds, "--teacache"),
             ("first-block", first_block_thresholds, "--first-block"),
         )
