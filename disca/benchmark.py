@@ -13,6 +13,7 @@ import numpy as np
 
 from disca.bundle import Bundle
 from disca.calibration.dataset import CalibrationSet, uses_task_vocabulary
+from disca.calibration.schedule_search import warmup_anchors
 from disca.metrics import psnr, ssim
 from disca.runtime.backends import get_backend
 from disca.runtime.pipeline import Pipeline
@@ -26,11 +27,17 @@ from disca.runtime.schedule import (
     calibrated_reuse_gaps,
     calibrated_taylor_gaps,
     make_policy,
+    uniform_anchors,
 )
 
+BENCH_BUDGETS = (14, 12, 10, 8, 6, 5, 4, 3)  # anchor budgets K of 20 steps, about 1.3x to 4x
 DEFAULT_POLICIES = tuple(p for p in POLICIES if p != "full")  # all-full is the reference of every row
 # Thresholds of the threshold caches, picked on the demo model to span about the speedups of the anchor budgets.
-BENCH_THRESHOLDS = {"teacache": (0.2, 0.5, 1.0, 2.0), "first-block": (0.2, 0.3, 0.5, 0.8)}
+BENCH_THRESHOLDS = {
+    "disca-adaptive": (0.1, 0.15, 0.2, 0.3),
+    "teacache": (0.2, 0.5, 1.0, 2.0),
+    "first-block": (0.2, 0.3, 0.5, 0.8),
+}
 # DBCache's settings: (threshold, most cached steps in a row; None: no cap), 2 warm-up steps. A cap with a
 # threshold nothing reaches is a static cache every cap+1 steps, the library's strongest settings on this model.
 BENCH_DBCACHE = ((0.1, 2), (0.2, 2), (1e9, 2), (1e9, 3), (1e9, 4), (1e9, 6))
@@ -38,6 +45,28 @@ DBCACHE_WARMUP = 2
 # The bench's prompt x seed set is drawn apart from the calibration set (seed 0), on which the TeaCache
 # polynomial, the FP8 ranges and the searched anchor lists are fitted: every policy is measured held out.
 BENCH_SEED = 1
+
+
+LIST_KINDS = ("searched", "even", "warm-up")
+
+
+def anchor_list(manifest: dict, steps: int, k: int, kind: str) -> tuple[list[int], str]:
+    """The anchor list of budget k an anchor policy runs: `searched` the bundle's best-known list
+    (`budget_anchors`), `even` even spacing, `warm-up` steps 0 and 1 then even spacing to the last step
+    (DBCache's static cache; TaylorSeer's forecasts do well on evenly spaced anchors)."""
+    if kind == "searched":
+        return budget_anchors(manifest, steps, k)
+    if kind == "even":
+        return uniform_anchors(steps, k), "even"
+    if kind == "warm-up":
+        return warmup_anchors(steps, k), "warm-up"
+    raise ValueError(f"unknown anchor-list kind {kind!r}; choose from {', '.join(LIST_KINDS)}")
+
+
+def curve_name(row: dict) -> str:
+    """One curve per policy and kind of anchor list."""
+    kind = row.get("lists", "searched")
+    return row["policy"] if kind == "searched" else f"{row['policy']} ({kind} lists)"
 
 
 def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
@@ -69,9 +98,10 @@ def run_benchmark(
     cal: CalibrationSet,
     *,
     policies=DEFAULT_POLICIES,
-    budgets=(14, 12, 10, 8, 6, 5, 4, 3),
+    budgets=BENCH_BUDGETS,
     thresholds=None,
     dbcache=None,
+    lists=("searched",),
     backend: str = "onnxruntime",
     backend_options=None,
     teacher_path=None,
@@ -95,16 +125,23 @@ def run_benchmark(
     runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
         (
             name,
-            {"anchors": k, "anchor_list": a, "anchor_source": src},
+            {"anchors": k, "anchor_list": a, "anchor_source": src, "lists": kind},
             lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps),
         )
         for k in budgets
-        for a, src in [budget_anchors(bundle.manifest, steps, k)]
+        for kind in lists
+        for a, src in [anchor_list(bundle.manifest, steps, k, kind)]
         for name in policies
         if name not in THRESHOLD_POLICIES
     ]
     runs += [
-        (name, {"threshold": x}, lambda name=name, x=x: make_policy(name, threshold=x, coefficients=coefficients))
+        (
+            name,
+            {"threshold": x},
+            lambda name=name, x=x: make_policy(
+                name, threshold=x, coefficients=coefficients, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+            ),
+        )
         for name in policies
         if name in THRESHOLD_POLICIES and name not in DBCACHE_POLICIES
         for x in thresholds[name]
@@ -187,6 +224,42 @@ def markdown(report: dict) -> str:
         cells += [f"{r['psnr_db']:.2f}" if "psnr_db" in r else "", f"{r['ssim']:.3f}" if "ssim" in r else ""]
         cells += [f"{r['adherence']:.3f}" if "adherence" in r else ""] if has_adh else []
         lines.append("| " + " | ".join(cells) + " |")
+    names = {r["policy"].startswith("disca") for r in report["rows"] if r["policy"] != "full"}
+    if names == {True, False}:  # both families ran: DisCa's margin at each speedup
+        lines += ["", "Best PSNR among the rows at least this fast:", "", margins_markdown(report)]
+    return "\n".join(lines)
+
+
+MARGIN_SPEEDS = (1.4, 1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2, 3.4, 3.6, 3.8, 4.0)
+
+
+def margins(report: dict, speeds=MARGIN_SPEEDS) -> list[dict]:
+    """At each speedup s: the best PSNR of a DisCa policy (any `disca*`) and of a training-free one among the
+    rows measured at s or faster, and DisCa's margin. -> [{speedup, disca, training_free, margin_db}], each
+    best given as its row (None where no row is that fast)."""
+    rows = [r for r in report["rows"] if r["policy"] != "full"]
+    out = []
+    for speed in speeds:
+        fast = [r for r in rows if r["speedup_vs_full"] >= speed]
+        ours = max((r for r in fast if r["policy"].startswith("disca")), key=lambda r: r["psnr_db"], default=None)
+        theirs = max((r for r in fast if not r["policy"].startswith("disca")), key=lambda r: r["psnr_db"], default=None)
+        margin = round(ours["psnr_db"] - theirs["psnr_db"], 2) if ours and theirs else None
+        out.append({"speedup": speed, "disca": ours, "training_free": theirs, "margin_db": margin})
+    return out
+
+
+def margins_markdown(report: dict) -> str:
+    def cell(r):
+        if r is None:
+            return "none this fast"
+        return f"{r['psnr_db']:.2f} ({r['policy']}, {_setting(r)}, {r['speedup_vs_full']:.2f}x)"
+
+    lines = ["| speedup >= | best DisCa | best training-free | margin (dB) |", "|---|---|---|---|"]
+    for m in margins(report):
+        if m["disca"] is None and m["training_free"] is None:
+            continue
+        margin = f"{m['margin_db']:+.2f}" if m["margin_db"] is not None else ""
+        lines.append(f"| {m['speedup']:.1f}x | {cell(m['disca'])} | {cell(m['training_free'])} | {margin} |")
     return "\n".join(lines)
 
 
@@ -212,8 +285,8 @@ def plot(report: dict, path) -> None:
     rows = [r for r in report["rows"] if r["policy"] != "full"]
     has_adh = any("adherence" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if has_adh else 1, figsize=(11 if has_adh else 6, 4), dpi=120, squeeze=False)
-    for policy in dict.fromkeys(r["policy"] for r in rows):
-        pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["speedup_vs_full"])  # ties happen
+    for policy in dict.fromkeys(curve_name(r) for r in rows):
+        pts = sorted((r for r in rows if curve_name(r) == policy), key=lambda r: r["speedup_vs_full"])  # ties happen
         speedups = [r["speedup_vs_full"] for r in pts]
         axes[0][0].plot(speedups, [r["psnr_db"] for r in pts], "o-", label=policy)
         if has_adh:

@@ -10,7 +10,7 @@ import pytest
 from disca.bundle import Bundle
 from disca.calibration.dataset import calibration_set, read_prompts, sample_all
 from disca.calibration.fp8 import calibrate_fp8
-from disca.calibration.schedule_search import greedy_curve
+from disca.calibration.schedule_search import Point, greedy_curve, refine, warmup_anchors
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
 from disca.errors import ConfigError
@@ -78,6 +78,24 @@ def test_greedy_schedule_search_takes_the_best_step_each_round(tiny_bundle):
     assert curve[1].psnr_db == pytest.approx(max(scores.values()))
     assert all(set(a.anchors) < set(b.anchors) for a, b in zip(curve, curve[1:]))  # nested
     assert curve[-1].psnr_db == float("inf")  # every step full: exactly all-full
+
+
+def test_refine_moves_anchors_to_a_better_list():
+    # A quality with a known optimum per budget: the closer each anchor to an evenly spaced target, the better.
+    def quality(anchors):
+        calls.append(anchors)
+        target = targets.get(len(anchors), [0] * len(anchors))
+        return -float(np.abs(np.array(anchors) - np.array(target)).sum())
+
+    calls, targets = [], {4: [0, 5, 10, 15], 3: [0, 6, 12]}
+    greedy = [Point(k, list(range(k)), quality(list(range(k)))) for k in range(1, 6)]  # crowded at the start
+    curve = refine(quality, greedy, steps=20, ks=[3, 4], rounds=50)
+    assert curve[3].anchors == [0, 5, 10, 15] and curve[3].psnr_db == 0.0  # from the even list, 0 moves
+    assert curve[2].anchors == [0, 6, 12] and curve[2].psnr_db == 0.0  # from [0, 7, 13] by local moves
+    assert curve[4] == greedy[4]  # budgets not asked for are left as they were
+    assert len(calls) == len({tuple(c) for c in calls})  # no list evaluated twice
+    assert refine(quality, greedy, steps=20, ks=[3], rounds=0)[2].anchors == [0, 7, 13]  # start only, no moves
+    assert warmup_anchors(20, 8) == [0, 1, 4, 7, 10, 13, 16, 19] and warmup_anchors(20, 1) == [0]
 
 
 def test_uniform_anchors():

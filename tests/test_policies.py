@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from disca.benchmark import markdown, plot, run_benchmark
+from disca.benchmark import margins, markdown, plot, run_benchmark
 from disca.bundle import Bundle
 from disca.calibration.dataset import calibration_set
 from disca.calibration.teacache import change_pairs, fit_teacache
@@ -17,7 +17,9 @@ from disca.cli.run import main as run_cli
 from disca.errors import DiscaError, ScheduleError
 from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, RestGraph, TailGraph
 from disca.runtime import Pipeline
+from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 from disca.runtime.backends.torch_backend import TorchBackend
+from disca.runtime.sampler import denoise
 from disca.runtime.schedule import (
     DBCachePolicy,
     FirstBlockPolicy,
@@ -153,6 +155,14 @@ def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
         assert r["passes"] == {"full": r["anchors"], cached: 20 - r["anchors"]}
         assert np.isfinite(r["psnr_db"]) and 0 < r["ssim"] <= 1 and r["speedup_vs_full"] > 0
     assert "| reuse | 4 anchors (uniform) | 4 full, 16 head |" in markdown(report)
+    # DisCa's margin at each speedup: the best row of each family among those at least that fast
+    fastest_disca = max(r["speedup_vs_full"] for r in rows if r["policy"] == "disca")
+    for m in margins(report, speeds=(0.0, fastest_disca)):
+        fast = [r for r in rows[1:] if r["speedup_vs_full"] >= m["speedup"]]
+        best = max(r["psnr_db"] for r in fast if r["policy"] != "disca")
+        assert m["training_free"]["psnr_db"] == best and m["disca"]["policy"] == "disca"
+        assert m["margin_db"] == round(m["disca"]["psnr_db"] - best, 2)
+    assert "| speedup >= | best DisCa | best training-free | margin (dB) |" in markdown(report)
     report["rows"].append({**rows[-1], "psnr_db": 1.0})  # two runs at the same speedup still plot
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 10_000
@@ -295,6 +305,30 @@ def test_benchmark_runs_the_threshold_policies(tiny_bundle):
     assert rows["teacache"]["passes"] == {"full": 2, "head": 18, "first": 20}
     assert rows["first-block"]["passes"] == {"full": 1, "head": 19, "first": 20}
     assert "| first-block | threshold 1e+09 |" in markdown(report)
+
+
+def test_adaptive_disca_is_disca_on_the_anchors_it_chose(tiny_bundle):
+    """Online anchors from the hidden state's speed between the last two anchors: the run equals DisCa on the
+    anchor list it picked, a threshold nothing reaches leaves only the warm-up (and the cap) full."""
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((1, 3, 2, 8, 8)).astype(np.float32)
+    text = rng.standard_normal((1, 4, 16)).astype(np.float32)
+    with Pipeline.load(tiny_bundle) as pipe:
+        picked = {}
+        for threshold in (0.05, 0.3, 1e9):
+            out, stats = pipe.denoise(latent, text, steps=10, policy="disca-adaptive", threshold=threshold)
+            anchors = [s for s, graph, *_ in stats.per_step if graph == "full"]
+            same, _ = pipe.denoise(latent, text, steps=10, anchors=anchors, policy="disca")
+            np.testing.assert_allclose(out, same, rtol=1e-6, atol=1e-6)
+            picked[threshold] = anchors
+        assert picked[1e9] == [0, 1]  # the two warm-up steps only
+        assert len(picked[0.05]) > len(picked[0.3]) > 2  # a lower threshold: more anchors
+    with OnnxRuntimeBackend(Bundle.open(tiny_bundle)) as backend:
+        policy = make_policy("disca-adaptive", threshold=1e9, max_cached=3)
+        _, stats = denoise(backend, latent, text, steps=10, shift=3.0, policy=policy)
+    assert [s for s, graph, *_ in stats.per_step if graph == "full"] == [0, 1, 5, 9]  # at most 3 cached in a row
+    with pytest.raises(ScheduleError, match="threshold > 0"):
+        make_policy("disca-adaptive", threshold=0.0)
 
 
 # ---------------------------------------------------------------- DBCache (probe + rest / tail)

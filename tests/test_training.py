@@ -195,6 +195,28 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
     )
     ck = load_checkpoint(tmp_path / "f")
     assert ck.cfg.predictor.forecast and ck.cfg.predictor.depth == 0 and len(ck.predictor.blocks) == 0
+    # its loss is relative to the forecast's own error: exactly 1 for the untrained (zero-initialised) correction
+    first = _log(tmp_path / "f")[0]
+    assert first["step"] == 1 and first["feat_rel"] == pytest.approx(1.0, abs=1e-5)
+    assert first["vel_rel"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_forecast_triples_follow_the_anchor_lists():
+    from disca.training.predictor import anchor_family, relative_error, training_triples
+
+    lists = anchor_family(20, [0, 1, 2, 5, 9, 13, 17, 19], max_spacing=3)
+    assert [0, 1, 4, 7, 10, 13, 16, 19] in lists and [0, 2, 5, 8, 10, 12, 15, 18] in lists
+    triples = training_triples([[0, 3, 5], [0, 2]], 8)
+    # each cached step of each list: (the anchor before the last, the last anchor before it, the step)
+    assert triples == sorted(
+        {(-1, 0, 1), (-1, 0, 2), (0, 3, 4), (3, 5, 6), (3, 5, 7), (-1, 0, 1), (0, 2, 3), (0, 2, 4)}
+        | {(0, 2, s) for s in range(3, 8)}
+    )
+    target, base = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    assert relative_error(base, base, target).item() == pytest.approx(1.0)
+    assert relative_error(target, base, target).item() == 0.0
+    halfway = relative_error((base + target) / 2, base, target).item()
+    assert halfway == pytest.approx(0.25, rel=1e-5)
 
 
 def test_forecast_cache_is_the_runtimes_taylor_forecast():

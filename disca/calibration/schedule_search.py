@@ -4,6 +4,11 @@ Greedy forward selection on real runs: start from {0} (step 0 must be an anchor)
 times, add the step whose DisCa run comes closest to all-full sampling of the same model on
 the calibration set (PSNR over the whole set). Each round costs one DisCa run per candidate
 step, N(N-1)/2 runs for the whole quality-vs-anchors curve (190 for 20 steps).
+
+Greedy lists are nested (K + 1 = K plus one step) and crowd the early steps; forecasts from two
+anchors (TaylorSeer, the forecast predictor) want even spacing up to the last steps. So `refine`
+then starts each budget from the best of the greedy, even and warm-up lists and moves one anchor
+at a time by one step while that improves the runs (local search).
 """
 
 from __future__ import annotations
@@ -30,18 +35,67 @@ class Point:
         return d
 
 
+def disca_quality(backend, cal: CalibrationSet, reference, *, steps: int, shift: float, reuse_gaps=(), taylor_gaps=()):
+    """anchors -> PSNR of DisCa's runs against the all-full `reference` over the set."""
+
+    def quality(anchors) -> float:
+        out = sample_all(
+            backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+        )
+        return psnr(out, reference)
+
+    return quality
+
+
+def warmup_anchors(steps: int, k: int) -> list[int]:
+    """Step 0, then k - 1 anchors spread evenly over steps 1..N-1 (DBCache's warm-up and static cache)."""
+    if k < 2:
+        return [0]
+    return sorted({0, *(int(round(x)) for x in np.linspace(1, steps - 1, k - 1))})
+
+
+def refine(quality, curve: list[Point], *, steps: int, ks, rounds: int = 3, log=lambda msg: None) -> list[Point]:
+    """For each budget in `ks`: the best of the curve's list, even spacing and `warmup_anchors`, then up to
+    `rounds` local moves (the one-anchor, one-step shift that improves most). -> the curve with the
+    improved points replaced."""
+    curve = list(curve)
+    for k in ks:
+        if not 2 <= k < steps:
+            continue
+        scored = {tuple(curve[k - 1].anchors): curve[k - 1].psnr_db}
+        for start in (uniform_anchors(steps, k), warmup_anchors(steps, k)):
+            if len(start) == k and tuple(start) not in scored:
+                scored[tuple(start)] = quality(start)
+        best = max(scored, key=scored.get)
+        for _ in range(rounds):
+            moves = {
+                tuple(sorted({*best} - {a} | {a + d}))
+                for i, a in enumerate(best)
+                if i > 0
+                for d in (-1, 1)
+                if 0 < a + d < steps and a + d not in best
+            }
+            for m in moves - scored.keys():
+                scored[m] = quality(list(m))
+            step_best = max(moves, key=scored.get)
+            if scored[step_best] <= scored[best]:
+                break
+            best = step_best
+        if scored[best] > curve[k - 1].psnr_db:
+            log(f"  {k:2d} anchors: {curve[k - 1].psnr_db:6.2f} -> {scored[best]:6.2f} dB  {list(best)}")
+            curve[k - 1] = Point(k, list(best), scored[best])
+    return curve
+
+
 def greedy_curve(
     backend, cal: CalibrationSet, *, steps: int, shift: float, reuse_gaps=(), log=lambda msg: None, taylor_gaps=()
 ):
     """-> (all-full reference latents, [Point for k = 1..steps]) along the greedy path (DisCa runs with
     `reuse_gaps` and `taylor_gaps`, as the runtime will run them)."""
     reference = sample_all(backend, cal, steps=steps, shift=shift)
-
-    def quality(anchors):
-        out = sample_all(
-            backend, cal, steps=steps, shift=shift, anchors=anchors, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
-        )
-        return psnr(out, reference)
+    quality = disca_quality(
+        backend, cal, reference, steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+    )
 
     anchors = [0]
     curve = [Point(1, [0], quality([0]))]

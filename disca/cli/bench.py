@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from disca.benchmark import DEFAULT_POLICIES
+from disca.benchmark import BENCH_BUDGETS, DEFAULT_POLICIES, LIST_KINDS
 from disca.cli._common import FiniteFloat, clean_errors
 from disca.manifest import MAX_STEPS
 
@@ -17,7 +17,16 @@ from disca.manifest import MAX_STEPS
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--policies", default=",".join(DEFAULT_POLICIES), show_default=True)
-@click.option("--anchors", "budgets", default="14,12,10,8,6,5,4,3", show_default=True, help="Anchor budgets K to run.")
+@click.option(
+    "--anchors", "budgets", default=",".join(map(str, BENCH_BUDGETS)), show_default=True, help="Anchor budgets K."
+)
+@click.option(
+    "--lists",
+    default="searched",
+    show_default=True,
+    help="Anchor lists the anchor policies run at each budget: searched (the bundle's), even, warm-up.",
+)
+@click.option("--adaptive", "adaptive_thresholds", help="disca-adaptive thresholds (default 0.1,0.15,0.2,0.3).")
 @click.option("--teacache", "teacache_thresholds", help="TeaCache thresholds (default 0.2,0.5,1,2).")
 @click.option("--first-block", "first_block_thresholds", help="First-Block-Cache thresholds (default 0.2,0.3,0.5,0.8).")
 @click.option(
@@ -39,6 +48,8 @@ def main(
     bundle,
     policies,
     budgets,
+    lists,
+    adaptive_thresholds,
     teacache_thresholds,
     first_block_thresholds,
     dbcache_settings,
@@ -76,9 +87,13 @@ def main(
         if name not in POLICIES:
             raise click.BadParameter(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     ks = _numbers(budgets, int, "--anchors")
+    kinds = [x.strip() for x in lists.split(",") if x.strip()]
+    if not kinds or any(kind not in LIST_KINDS for kind in kinds):
+        raise click.BadParameter(f"choose from {', '.join(LIST_KINDS)}, got {lists!r}", param_hint="--lists")
     thresholds = {
         name: _numbers(text, float, option)
         for name, text, option in (
+            ("disca-adaptive", adaptive_thresholds, "--adaptive"),
             ("teacache", teacache_thresholds, "--teacache"),
             ("first-block", first_block_thresholds, "--first-block"),
         )
@@ -94,6 +109,7 @@ def main(
         cal,
         policies=names,
         budgets=ks,
+        lists=kinds,
         thresholds=thresholds,
         dbcache=dbcache,
         backend=backend,

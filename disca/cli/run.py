@@ -40,13 +40,15 @@ from disca.runtime.video import check_path, write
     type=click.Choice([p for p in POLICIES if p != "full"]),
     default="disca",
     show_default=True,
-    help="What non-anchor steps run: the learned predictor (disca: with the bundle's calibrated reuse on short "
-    "gaps; disca-predictor: on every cached step), or a training-free baseline.",
+    help="What non-anchor steps run: the learned predictor (disca: with the bundle's calibrated per-gap choice; "
+    "disca-predictor: on every cached step; disca-adaptive: anchors chosen online, see --threshold), or a "
+    "training-free baseline.",
 )
 @click.option(
     "--threshold",
     type=positive_float(),
-    help="teacache / first-block: skip while the change stays under this (default 0.5 / 0.3).",
+    help="Threshold policies: skip while the change stays under this (disca-adaptive: the hidden state's "
+    "relative change since the last anchor, default 0.2; teacache 0.5; first-block and dbcache 0.3).",
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)

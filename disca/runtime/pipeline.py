@@ -125,9 +125,17 @@ class Pipeline:
     ) -> Policy:
         if anchors == "full":
             return FullPolicy()
+        reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps, shift)
+        taylor_gaps = calibrated_taylor_gaps(self.bundle.manifest, steps, shift)
         if policy in THRESHOLD_POLICIES:
             fit = self.bundle.manifest.get("teacache") or {}
-            return make_policy(policy, threshold=threshold, coefficients=fit.get("coefficients"))
+            return make_policy(
+                policy,
+                threshold=threshold,
+                coefficients=fit.get("coefficients"),
+                reuse_gaps=reuse_gaps,
+                taylor_gaps=taylor_gaps,
+            )
         if anchors is None:
             default = self.bundle.schedule
             if steps != default.steps:
@@ -136,8 +144,6 @@ class Pipeline:
                     f"not {steps}: pass a schedule for {steps} steps"
                 )
             anchors = default.anchors
-        reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps, shift)
-        taylor_gaps = calibrated_taylor_gaps(self.bundle.manifest, steps, shift)
         return make_policy(policy, check_anchors(anchors, steps), reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
 
     def denoise(

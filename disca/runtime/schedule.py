@@ -228,6 +228,43 @@ class DiscaPredictorPolicy(DiscaPolicy):
         super().__init__(anchors)
 
 
+class AdaptiveDiscaPolicy(DiscaPolicy):
+    """DisCa with its anchors chosen online, per clip, at no extra cost: after each anchor the hidden
+    state's relative speed, |h_a - h_prev| / |h_a| per step between the last two anchors (what the forecast
+    extrapolates), is added up step by step, and the step where the sum reaches `threshold` runs the full
+    DiT. Features that move fast get anchors close together; the first `warmup` steps are anchors, and at
+    most `max_cached` steps in a row are cached (None: no cap). Cached steps run as `disca`'s."""
+
+    name = "disca-adaptive"
+
+    def __init__(self, threshold: float, warmup: int = 2, max_cached: int | None = None, reuse_gaps=(), taylor_gaps=()):
+        if not threshold > 0 or warmup < 1 or (max_cached is not None and max_cached < 1):
+            raise ScheduleError(
+                f"disca-adaptive needs threshold > 0, warmup >= 1, max_cached >= 1; got {threshold}, {warmup}, "
+                f"{max_cached}"
+            )
+        super().__init__([0], reuse_gaps, taylor_gaps)
+        self.threshold, self.warmup, self.max_cached = float(threshold), warmup, max_cached
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.speed, self.moved = None, 0.0
+
+    def is_full(self, step: int, probe=None) -> bool:
+        if step < self.warmup or self.speed is None:
+            return True
+        self.moved += self.speed
+        capped = self.max_cached is not None and step - self.last_anchor > self.max_cached
+        return capped or self.moved >= self.threshold
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        self.last_anchor, self.moved = step, 0.0
+        self.forecast.update(step, backend.to_numpy(cache).copy())
+        if len(self.forecast.terms) > 1:
+            value, slope = self.forecast.terms[:2]
+            self.speed = float(np.linalg.norm(slope) / max(np.linalg.norm(value), 1e-12))
+
+
 class ReusePolicy(AnchorPolicy):
     """FORA-style: the last anchor's hidden state, unchanged, through the DiT's head (the degenerate predictor)."""
 
@@ -404,6 +441,7 @@ class DBCachePolicy(Policy):
 POLICIES = (
     "disca",
     "disca-predictor",
+    "disca-adaptive",
     "full",
     "reuse",
     "taylorseer1",
@@ -415,9 +453,16 @@ POLICIES = (
     "dbcache-ts2",
 )
 DBCACHE_POLICIES = ("dbcache", "dbcache-ts1", "dbcache-ts2")
-THRESHOLD_POLICIES = ("teacache", "first-block", *DBCACHE_POLICIES)
+THRESHOLD_POLICIES = ("disca-adaptive", "teacache", "first-block", *DBCACHE_POLICIES)
 # About 7 full steps of 20 on the demo (K = 8: 8); DBCache's are also capped at 2 cached steps in a row.
-SKIP_THRESHOLDS = {"teacache": 0.5, "first-block": 0.3, "dbcache": 0.3, "dbcache-ts1": 0.3, "dbcache-ts2": 0.3}
+SKIP_THRESHOLDS = {
+    "disca-adaptive": 0.2,
+    "teacache": 0.5,
+    "first-block": 0.3,
+    "dbcache": 0.3,
+    "dbcache-ts1": 0.3,
+    "dbcache-ts2": 0.3,
+}
 
 
 def make_policy(
@@ -435,6 +480,8 @@ def make_policy(
         threshold = SKIP_THRESHOLDS[name] if threshold is None else threshold
         if name in DBCACHE_POLICIES:
             return DBCachePolicy(threshold, order=DBCACHE_POLICIES.index(name), **options)
+        if name == "disca-adaptive":
+            return AdaptiveDiscaPolicy(threshold, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps, **options)
         return TeaCachePolicy(threshold, coefficients) if name == "teacache" else FirstBlockPolicy(threshold)
     anchors = anchors if anchors is not None else DEFAULT_SCHEDULE.anchors
     if name == "full":

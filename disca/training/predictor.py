@@ -27,7 +27,7 @@ from torch import nn
 from disca.errors import CheckpointError, ConfigError, ShapeError
 from disca.models import CachePredictor
 from disca.models.checkpoint import Checkpoint, load_checkpoint
-from disca.runtime.schedule import DEFAULT_SCHEDULE, check_anchors
+from disca.runtime.schedule import DEFAULT_SCHEDULE, check_anchors, uniform_anchors
 from disca.task import sample_batch
 from disca.training.evaluation import eval_student
 from disca.training.flow import grid, student_trajectory
@@ -50,6 +50,28 @@ def training_pairs(anchors: list[int], steps: int, max_gap: int | None = None) -
     if max_gap:
         pairs += [(a, a + g) for g in range(1, max_gap + 1) for a in range(steps - g) if (a, a + g) not in pairs]
     return pairs
+
+
+def anchor_family(steps: int, schedule: list[int], max_spacing: int) -> list[list[int]]:
+    """The anchor lists a forecast predictor is trained for: the deployment schedule, even spacing at every
+    budget, and warm-up patterns (steps 0 and 1 full, then one every g steps, as DBCache's static cache) for
+    spacings g up to `max_spacing`. A forecast depends on the spacing of the two anchors behind it, so the
+    predictor learns on the (previous anchor, anchor, step) triples these lists produce."""
+    lists = [check_anchors(schedule, steps)]
+    lists += [uniform_anchors(steps, k) for k in range(2, steps)]
+    lists += [sorted({0, *range(1, steps, g)}) for g in range(2, max_spacing + 1)]
+    return lists
+
+
+def training_triples(lists: list[list[int]], steps: int) -> list[tuple[int, int, int]]:
+    """(previous anchor or -1, anchor, step) for every cached step of every list, without repeats."""
+    triples = set()
+    for anchors in lists:
+        for s in range(steps):
+            if s not in anchors:
+                before = [a for a in anchors if a < s]
+                triples.add((before[-2] if len(before) > 1 else -1, before[-1], s))
+    return sorted(triples)
 
 
 @dataclass
@@ -114,16 +136,23 @@ def previous_anchors(rng, a: torch.Tensor, max_spacing: int) -> torch.Tensor:
     return torch.where(a > 0, (a - torch.minimum(spacing, a)), torch.full_like(a, -1))
 
 
+def relative_error(pred, base, target) -> torch.Tensor:
+    """Mean over samples of pred's squared error divided by base's (a baseline estimate of the same target)."""
+    dims = tuple(range(1, pred.ndim))
+    err = torch.mean((pred - target) ** 2, dim=dims)
+    return torch.mean(err / (torch.mean((base - target) ** 2, dim=dims) + 1e-8))
+
+
 def pair_step(host, predictor, data: Trajectories, idx, a, s, sig, device, prev=None):
     """-> predicted and target hidden[s] for runs `idx` (cache hidden[a], or with `prev` the forecast from
-    hidden[prev] and hidden[a]), plus (vec, x, t) for the head."""
+    hidden[prev] and hidden[a]), plus (vec, x, t, cache) for the head and the baseline."""
     x = data.inputs[idx, s].to(device)
     cache = data.hiddens[idx, a] if prev is None else forecast_cache(data, idx, prev, a, s)
     cache, target = cache.to(device), data.hiddens[idx, s].to(device)
     t, r = sig[s].to(device), sig[s + 1].to(device)
     with torch.no_grad():
         tokens, vec, rope = host.embed(x, t, r, data.text[idx].to(device))
-    return predictor(tokens, cache, vec, rope), target, (vec, x, t)
+    return predictor(tokens, cache, vec, rope), target, (vec, x, t, cache)
 
 
 @torch.no_grad()
@@ -156,10 +185,12 @@ def fit_predictor(
     evaluate,
     start: int,
     extra: dict,
+    triples: list[tuple[int, int, int]] | None = None,
 ):
     """The host-agnostic core: train `ckpt.predictor` to map (embed(x_s), hidden[a]) to hidden[s].
 
     `host`: anything with embed / trunk / head (frozen here); `ckpt`: what the loop checkpoints to `out`.
+    A forecast predictor trains on `triples` (previous anchor, anchor, step) when given.
     """
     device = args.device
     host = host.to(device).eval().requires_grad_(False)
@@ -171,16 +202,32 @@ def fit_predictor(
 
     def loss_fn(step, rng, gen):
         idx = rng.integers(0, len(data), args.batch)
-        pair = [pairs[k] for k in rng.integers(0, len(pairs), args.batch)]
-        a, s = torch.tensor([p[0] for p in pair]), torch.tensor([p[1] for p in pair])
-        prev = previous_anchors(rng, a, max(s_ - a_ for a_, s_ in pairs) + 1) if forecast else None
-        pred, target, (vec, x, t) = pair_step(host, predictor, data, idx, a, s, sig, device, prev)
-        feat = torch.mean((pred - target) ** 2)
-        loss, logs = feat, {"feat": feat.item()}
-        if velocity_weight:
-            vel = torch.mean((host.head(pred, vec, x, t) - host.head(target, vec, x, t)) ** 2)
-            loss = loss + velocity_weight * vel
-            logs["vel"] = vel.item()
+        if forecast and triples:
+            prev, a, s = torch.tensor([triples[k] for k in rng.integers(0, len(triples), args.batch)]).T
+        else:
+            pair = [pairs[k] for k in rng.integers(0, len(pairs), args.batch)]
+            a, s = torch.tensor([p[0] for p in pair]), torch.tensor([p[1] for p in pair])
+            prev = previous_anchors(rng, a, max(s_ - a_ for a_, s_ in pairs) + 1) if forecast else None
+        pred, target, (vec, x, t, cache) = pair_step(host, predictor, data, idx, a, s, sig, device, prev)
+        if forecast:
+            # Each sample's error relative to the forecast's own (1 for the untrained predictor): long gaps,
+            # whose forecasts are far off, would otherwise outweigh the short ones that deployments run most,
+            # and the correction learned for them makes the short ones worse.
+            loss = feat = relative_error(pred, cache, target)
+            logs = {"feat_rel": feat.item()}
+            if velocity_weight:
+                with torch.no_grad():
+                    v_target, v_cache = host.head(target, vec, x, t), host.head(cache, vec, x, t)
+                vel = relative_error(host.head(pred, vec, x, t), v_cache, v_target)
+                loss = (loss + velocity_weight * vel) / (1 + velocity_weight)
+                logs["vel_rel"] = vel.item()
+        else:
+            loss = feat = torch.mean((pred - target) ** 2)
+            logs = {"feat": feat.item()}
+            if velocity_weight:
+                vel = torch.mean((host.head(pred, vec, x, t) - host.head(target, vec, x, t)) ** 2)
+                loss = loss + velocity_weight * vel
+                logs["vel"] = vel.item()
         if disc is not None:
             d_loss = torch.relu(1 - disc(target)).mean() + torch.relu(1 + disc(pred.detach())).mean()
             disc_opt.zero_grad(set_to_none=True)
@@ -226,6 +273,8 @@ def train_predictor(
     if not student.cfg.dit.mean_flow or student.text is None:
         raise CheckpointError(f"{student_dir} is not a distilled student: train it with `disca-train distill`")
     student.cfg.predictor.forecast = forecast
+    if forecast:  # the correction on top of the forecast: an untrained predictor is the forecast itself
+        student.cfg.predictor.residual = True
     if depth is not None:
         student.cfg.predictor.depth = depth
     pairs = training_pairs(list(anchors), steps, max_gap)
@@ -264,6 +313,7 @@ def train_predictor(
         evaluate=evaluate,
         start=start,
         extra=extra,
+        triples=training_triples(anchor_family(steps, list(anchors), max_gap or 4), steps) if forecast else None,
     )
 
 

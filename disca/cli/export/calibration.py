@@ -135,25 +135,41 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     is_flag=True,
     help="Only the per-gap calibration (predictor, reuse or TaylorSeer-1); keep the stored anchor lists.",
 )
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 50),
+    help="Local-search rounds per benchmark budget after the greedy pass (0: the greedy lists only).",
+)
 @click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, report_dir, no_write, as_json):
+def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, rounds, report_dir, no_write, as_json):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
 
     First, gap by gap (steps since the last anchor), whether the predictor or the plain cache through
     the head comes closer to the full DiT's velocity on the calibration runs; DisCa reuses the cache
     where it does (`cached_steps` in the manifest). Then greedy forward selection over real DisCa runs
-    (step 0 always an anchor). Stores the searched list of every K in the manifest (`anchor_lists`:
+    (step 0 always an anchor), then, for the benchmark's budgets, a local search from the best of the greedy,
+    even and warm-up lists (`--rounds`). Stores the searched list of every K in the manifest (`anchor_lists`:
     what `disca-run --anchors K` and `disca-bench` use), with --anchors K also as the default schedule,
     and writes the quality-vs-anchors curve as a table, JSON and PNG plot, compared with the official
     and uniform lists.
     """
+    from disca.benchmark import BENCH_BUDGETS
     from disca.calibration import gaps
     from disca.calibration.dataset import uses_task_vocabulary
-    from disca.calibration.schedule_search import compare, greedy_curve, markdown_table, plot_curve
+    from disca.calibration.schedule_search import (
+        compare,
+        disca_quality,
+        greedy_curve,
+        markdown_table,
+        plot_curve,
+        refine,
+    )
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     b = Bundle.open(bundle) if no_write else open_to_change(bundle)
@@ -199,6 +215,13 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
         ref, curve = greedy_curve(
             backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print, taylor_gaps=taylor_gaps
         )
+        if rounds:
+            console.print(f"local search around the best lists, {rounds} rounds per budget...")
+            quality = disca_quality(
+                backend, cal, ref, steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
+            )
+            budgets = sorted({*BENCH_BUDGETS, *([k] if k else [])})
+            curve = refine(quality, curve, steps=steps, ks=budgets, rounds=rounds, log=console.print)
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(
             backend,
