@@ -57,6 +57,8 @@ def test_eval_restriction_rows_and_teacher_cache(tmp_path):
         "2",
         "--steps",
         "3,2",
+        "--teacher-rows",
+        "2",
         "--cache",
         str(cache),
         "--json",
@@ -70,6 +72,10 @@ def test_eval_restriction_rows_and_teacher_cache(tmp_path):
     assert (rows["3 steps"]["full_passes"], rows["3 steps"]["predictor_passes"]) == (3, 0)
     assert (rows["DisCa 8 of 20"]["full_passes"], rows["DisCa 8 of 20"]["predictor_passes"]) == (8, 12)
     assert all(0 <= r["adherence"] <= 1 and np.isfinite(r["psnr_vs_teacher_db"]) for r in rows.values())
+    (teacher_row,) = report["students"]["teacher, CFG 4"]
+    assert (teacher_row["sampling"], teacher_row["full_passes"]) == ("2 steps", 4)  # two passes a step
+    # the reference is the teacher at --teacher-steps 2 here: its own 2-step row is that same clip
+    assert teacher_row["psnr_vs_teacher_db"] == float("inf")
 
     # The cache is read back when the settings match: a changed reference changes every PSNR, not the adherence.
     with np.load(cache) as f:
