@@ -56,7 +56,8 @@ def stability(curve: list[dict]) -> dict:
 
 
 def print_evals(runs: list[Path], key: str) -> None:
-    curves = {str(run): eval_curve(read_log(run)[1], key) for run in runs}
+    logs = {str(run): read_log(run) for run in runs}
+    curves = {run: eval_curve(evals, key) for run, (_, evals) in logs.items()}
     empty = [run for run, c in curves.items() if not c]
     if empty:
         raise SystemExit(f"no '{key}' evaluations in {', '.join(empty)}/log.jsonl: train with --eval-every")
@@ -77,6 +78,9 @@ def print_evals(runs: list[Path], key: str) -> None:
             f"drop below the best so far {s['max_drop']:.3f} (step {s['max_drop_step']}); "
             f"last {s['last']:.3f} (step {s['last_step']})"
         )
+        stop = next((r for r in logs[run][0] if "diverged" in r), None)
+        if stop:  # the divergence guard's record
+            print(f"{run}: stopped by the guard at step {stop['step']}: {stop['diverged']}")
 
 
 def print_windows(run: Path, window: int, keys: list[str]) -> None:

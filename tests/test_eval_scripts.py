@@ -25,11 +25,12 @@ def test_eval_curve_tracks_the_drop_below_the_best_so_far(tmp_path, capsys, monk
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, 601)]
     for s, v in scores.items():
         lines.insert(s + list(scores).index(s), json.dumps({"eval": {"step": s, "adherence_full": v}}))
-    lines.append('{"step": 601, "lo')  # a line cut short by a kill
+    lines.append(json.dumps({"step": 601, "loss": 9.0, "diverged": "mse rose to 3 (smoothed), 21x its lowest"}))
+    lines.append('{"step": 602, "lo')  # a line cut short by a kill
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n")
 
     steps, evals = log.read_log(tmp_path)
-    assert len(steps) == 600 and [e["step"] for e in evals] == list(scores)
+    assert len(steps) == 601 and [e["step"] for e in evals] == list(scores)
     curve = log.eval_curve(evals)
     assert [c["best"] for c in curve] == [0.5, 0.9, 0.9, 0.95, 0.95, 0.95]
     assert [round(c["drop"], 6) for c in curve] == [0, 0, 0.025, 0, 0.05, 0]  # the ramp-up is no drop
@@ -42,6 +43,7 @@ def test_eval_curve_tracks_the_drop_below_the_best_so_far(tmp_path, capsys, monk
     out = capsys.readouterr().out
     assert "| 500 | 0.900 (-0.050) |" in out and "| 400 | 0.950 |" in out
     assert "best 0.950 (step 400); largest drop below the best so far 0.050 (step 500)" in out
+    assert "stopped by the guard at step 601: mse rose to 3 (smoothed), 21x its lowest" in out
 
 
 def test_eval_restriction_rows_and_teacher_cache(tmp_path):
