@@ -1,6 +1,6 @@
 """Probe students per (t, r) interval of the 20-step grid: squared error of u against the MeanFlow identity's
 target (what training minimises) and against the truth (the guided teacher's ODE from t to r, 8 Euler steps),
-on 4 fixed clips. The EMA weights of each checkpoint are probed.
+on 4 fixed clips. The EMA weights of each checkpoint are probed (the trained weights with --raw).
 
     python scripts/distill_probe.py --teacher checkpoints/demo-teacher runs/student runs/student/best
 """
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--raw", action="store_true", help="Probe the trained weights instead of their EMA.")
     ap.add_argument(
         "--cache", type=Path, help="Keep the teacher's side in this file for reruns (same --teacher and --n)."
     )
@@ -70,7 +71,7 @@ def main() -> None:
     if a.cache:
         torch.save(cases, a.cache)
     for path in a.checkpoints:
-        student = load_checkpoint(path, require_predictor=False).dit.eval()
+        student = load_checkpoint(path, require_predictor=False, ema=not a.raw).dit.eval()
         row = {}
         for name, (z, t, r, v, truth) in cases.items():
             u, target = meanflow_target(student, z, t, r, v, txt)
