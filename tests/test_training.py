@@ -88,6 +88,10 @@ def test_teacher_endpoint_is_euler_on_the_guided_teacher(tiny_teacher):
         half = z - (t / 2).view(-1, 1, 1, 1, 1) * guided_velocity(ck.dit, z, t, text, null, 4.0)
         two = half - (t / 2).view(-1, 1, 1, 1, 1) * guided_velocity(ck.dit, half, t / 2, text, null, 4.0)
         torch.testing.assert_close(teacher_endpoint(ck.dit, z, t, text, null, 4.0, 2), two)
+        # down to r > 0 (`--ode-gaps`): Euler steps over [r, t] only
+        r = torch.tensor([0.1, 0.3])
+        step = z + (r - t).view(-1, 1, 1, 1, 1) * guided_velocity(ck.dit, z, t, text, null, 4.0)
+        torch.testing.assert_close(teacher_endpoint(ck.dit, z, t, text, null, 4.0, 1, r=r), step)
 
 
 def test_restricted_times_are_grid_neighbours():
@@ -261,6 +265,9 @@ def test_distill_logs_every_step_keeps_the_best_and_resumes_its_log(tiny_teacher
     train_student(out, tiny_teacher, TrainArgs(steps=5, **args), grid_steps=4, end_steps=2)
     assert [r["step"] for r in _log(out) if "eval" not in r] == [1, 2, 3, 4, 5]
     assert (out / "best" / "config.json").is_file()
+    # --ode-gaps: every r < t interval on the teacher's ODE; the config records it
+    train_student(tmp_path / "o", tiny_teacher, TrainArgs(steps=2, **args), grid_steps=4, end_steps=1, ode_gaps=True)
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["train"]["ode_gaps"] is True
 
 
 def test_guard_stops_on_a_blow_up_not_on_noise():

@@ -135,9 +135,15 @@ def teacher_cmd(args, out, preset, text_dropout, guidance):
     help="Intervals that end at the data (r = 0): target from the teacher's ODE in this many Euler steps "
     "(0: the MeanFlow identity, where the teacher's velocity cancels out with an x-prediction head).",
 )
+@click.option(
+    "--ode-gaps",
+    is_flag=True,
+    help="Every interval with r < t takes the teacher's ODE over [r, t] as target (--end-steps Euler steps), "
+    "not only those ending at the data: no JVP term in any target (README, Training > Distilling longer).",
+)
 @train_options
 @clean_errors
-def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance, adaptive_p, end_steps):
+def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guidance, adaptive_p, end_steps, ode_gaps):
     """Distill a few-step mean-flow student from the teacher with Restricted MeanFlow.
 
     Every step is logged to OUT/log.jsonl (loss terms, the target's and its JVP term's norms, gradient norm,
@@ -145,8 +151,20 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     """
     from disca.training.distill import train_student
 
+    if ode_gaps and not end_steps:
+        raise click.BadParameter("needs --end-steps >= 1 (the teacher's Euler steps)", param_hint="--ode-gaps")
     train_student(
-        out, teacher_dir, args, grid_steps, shift, max_gap, plain, guidance, adaptive_p=adaptive_p, end_steps=end_steps
+        out,
+        teacher_dir,
+        args,
+        grid_steps,
+        shift,
+        max_gap,
+        plain,
+        guidance,
+        adaptive_p=adaptive_p,
+        end_steps=end_steps,
+        ode_gaps=ode_gaps,
     )
 
 

@@ -130,7 +130,10 @@ def train_student(
     adaptive_c: float = 1e-3,
     adaptive_p: float = 1.0,
     end_steps: int = 4,
+    ode_gaps: bool = False,
 ):
+    """`ode_gaps`: every interval with r < t (not only those ending at r = 0) takes the teacher's ODE
+    solution over [r, t] as target (`end_steps` Euler steps): no JVP term in any target."""
     teacher = load_checkpoint(teacher_dir, require_predictor=False)
     if teacher.text is None:
         raise CheckpointError(f"{teacher_dir} has no text embedding: train it with `disca-train teacher`")
@@ -158,10 +161,11 @@ def train_student(
         terms: dict = {}
         u, target = meanflow_target(student, z, t, r, v, txt, terms)
         end = (r == 0) & (t > 0)
-        if end_steps and end.any():  # intervals that end at the data: the teacher's own ODE solution as target
-            x0 = teacher_endpoint(tdit, z[end], t[end], txt[end], null[end], guidance, end_steps)
+        ode = (r < t) if ode_gaps else end
+        if end_steps and ode.any():  # intervals that end at the data: the teacher's own ODE solution as target
+            z_r = teacher_endpoint(tdit, z[ode], t[ode], txt[ode], null[ode], guidance, end_steps, r=r[ode])
             target = target.clone()
-            target[end] = (z[end] - x0) / expand(t[end], x0)
+            target[ode] = (z[ode] - z_r) / expand(t[ode] - r[ode], z_r)
         err = ((u - target) ** 2).flatten(1).mean(1)  # (B,)
         weight = 1.0 / (err.detach() + adaptive_c) ** adaptive_p  # adaptive weighting (p = 0: plain MSE)
         return (weight * err).mean(), step_terms(err, u, v, target, terms["jvp"], t, r, weight, end)
@@ -179,6 +183,7 @@ def train_student(
         "adaptive_c": adaptive_c,
         "adaptive_p": adaptive_p,
         "end_steps": end_steps,
+        "ode_gaps": ode_gaps,
         "teacher": str(teacher_dir),
     }
     params = list(student.parameters())

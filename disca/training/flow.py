@@ -48,10 +48,12 @@ def sample_teacher(teacher, noise, text, null_text, steps: int = 50, shift: floa
 
 
 @torch.no_grad()
-def teacher_endpoint(teacher, z, t, text, null_text, guidance: float, steps: int) -> torch.Tensor:
-    """The guided teacher's ODE solved from z at time t down to 0 in `steps` uniform Euler steps -> x_0."""
+def teacher_endpoint(teacher, z, t, text, null_text, guidance: float, steps: int, r=None) -> torch.Tensor:
+    """The guided teacher's ODE solved from z at time t down to r (default 0) in `steps` uniform Euler steps
+    -> z_r (x_0 for r = 0)."""
+    r = torch.zeros_like(t) if r is None else r
     for k in range(steps):
-        t_k, t_next = t * (1 - k / steps), t * (1 - (k + 1) / steps)
+        t_k, t_next = t + (r - t) * (k / steps), t + (r - t) * ((k + 1) / steps)
         z = z + expand(t_next - t_k, z) * guided_velocity(teacher, z, t_k, text, null_text, guidance)
     return z
 
