@@ -28,8 +28,11 @@ LISTS = {
 @click.command()
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--samples", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--seed", default=None, type=int, help="Clips of another seed than the bench's (to choose without its clips)."
+)
 @click.option("--taylorseer", is_flag=True, help="Also TaylorSeer-1 / -2 on the anchors (first checkpoint's student).")
-def main(checkpoints, samples, taylorseer):
+def main(checkpoints, samples, seed, taylorseer):
     from disca.benchmark import BENCH_SEED, _run_all
     from disca.bundle import Bundle
     from disca.calibration.dataset import calibration_set
@@ -40,7 +43,8 @@ def main(checkpoints, samples, taylorseer):
     from disca.runtime.schedule import FullPolicy, make_policy
 
     steps, shift = 20, 5.0
-    cal = calibration_set(Bundle.open(demo_bundle()), n=samples, seed=BENCH_SEED)  # the demo's prompts and text
+    seed = BENCH_SEED if seed is None else seed
+    cal = calibration_set(Bundle.open(demo_bundle()), n=samples, seed=seed)  # the demo's prompts and text
     for i, path in enumerate(checkpoints):
         ck = load_checkpoint(path)
         runs = [("all-full", FullPolicy)]

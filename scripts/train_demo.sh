@@ -8,11 +8,12 @@ runs=${RUNS:-runs}
 
 disca-train teacher --preset demo --out "$runs/teacher" --batch 16 --lr 5e-4 --ema 0.999 \
     --ckpt-every 50 --eval-every 1000 --steps "${TEACHER_STEPS:-11100}"
-# --end-steps 0: the shipped student predates the r = 0 fix (README, Training > What made distillation collapse)
+# --end-steps 0 --identity-gaps: the shipped student predates the r = 0 fix and --ode-gaps, today's defaults
+# (README, Training > What made distillation collapse, Distilling longer)
 disca-train distill --teacher "$runs/teacher" --out "$runs/student" --batch 8 --lr 2e-4 --max-gap 2 \
-    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}" --end-steps 0
+    --ema 0.99 --ckpt-every 25 --eval-every 200 --steps "${STUDENT_STEPS:-200}" --end-steps 0 --identity-gaps
 disca-train distill --teacher "$runs/teacher" --out "$runs/student-plain" --plain --batch 8 --lr 2e-4 \
-    --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-200}"
+    --ema 0.99 --ckpt-every 25 --eval-every 400 --steps "${STUDENT_STEPS:-200}" --identity-gaps
 # The shipped predictor: the forecast predictor, 0 blocks (the fusion MLP corrects TaylorSeer's first-order forecast
 # of the hidden state from the last two anchors), trained on the anchor lists' own (previous anchor, anchor, step)
 # triples with a loss relative to the forecast's error.

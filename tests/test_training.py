@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from disca.cli.train import main as train_cli
-from disca.models import preset, randomize_
+from disca.models import CachePredictor, preset, randomize_
 from disca.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from disca.models.text import WordEmbedding
 from disca.training.distill import meanflow_target, sample_times, student_from_teacher, train_student
@@ -196,6 +196,7 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
         max_gap=2,
         depth=0,
         forecast=True,
+        rollout_weight=1.0,
     )
     ck = load_checkpoint(tmp_path / "f")
     assert ck.cfg.predictor.forecast and ck.cfg.predictor.depth == 0 and len(ck.predictor.blocks) == 0
@@ -203,6 +204,38 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
     first = _log(tmp_path / "f")[0]
     assert first["step"] == 1 and first["feat_rel"] == pytest.approx(1.0, abs=1e-5)
     assert first["vel_rel"] == pytest.approx(1.0, abs=1e-5)
+    assert first["seg_rel"] == pytest.approx(1.0, abs=1e-4)  # the rollout's loss, relative to the forecast's too
+
+
+def test_rollout_samples_a_segment_as_the_runtime_does(tmp_path, tiny_teacher):
+    from disca.runtime.backends.torch_backend import TorchBackend
+    from disca.runtime.sampler import denoise
+    from disca.runtime.schedule import make_policy
+    from disca.training.flow import grid
+    from disca.training.predictor import record_trajectories, rollout, training_segments
+
+    assert training_segments([[0, 1, 4], [0, 2]], 6) == [(-1, 0, 2), (0, 1, 4), (0, 2, 6), (1, 4, 6)]
+    train_student(tmp_path / "s", tiny_teacher, TrainArgs(steps=1, **TINY), grid_steps=4)
+    ck = load_checkpoint(tmp_path / "s", require_predictor=False)
+    ck.cfg.predictor.forecast = ck.cfg.predictor.residual = True
+    ck.cfg.predictor.depth = 0
+    predictor = CachePredictor(ck.cfg.dit, ck.cfg.predictor).eval()
+    noise, text = torch.randn(2, 3, 2, 16, 16), torch.randn(2, 3, ck.cfg.dit.text_dim)
+    data = record_trajectories(ck.dit.eval(), text, noise, steps=4, shift=5.0)
+    # anchors 0 and 1 full, steps 2 and 3 on TaylorSeer-1's forecast: the segment (0, 1, end) of the rollout
+    with torch.no_grad():
+        x_pred, x_base = rollout(ck.dit, predictor, data, torch.tensor([0, 1]), 0, 1, 4, grid(4, 5.0), "cpu")
+    with TorchBackend.from_modules(ck.dit, predictor) as backend:
+        ts1, _ = denoise(
+            backend, noise.numpy(), text.numpy(), steps=4, shift=5.0, policy=make_policy("taylorseer1", [0, 1])
+        )
+    np.testing.assert_allclose(x_base.numpy(), ts1, atol=1e-4)
+    # the untrained (zero) correction is the forecast itself; a trained one moves the end point
+    torch.testing.assert_close(x_pred, x_base)
+    torch.nn.init.normal_(predictor.fusion[-1].weight, std=0.1)
+    with torch.no_grad():
+        moved, _ = rollout(ck.dit, predictor, data, torch.tensor([0, 1]), 0, 1, 4, grid(4, 5.0), "cpu")
+    assert not torch.allclose(moved, x_base)
 
 
 def test_forecast_triples_follow_the_anchor_lists():
@@ -247,7 +280,8 @@ def _log(path):
 def test_distill_logs_every_step_keeps_the_best_and_resumes_its_log(tiny_teacher, tmp_path):
     out = tmp_path / "s"
     args = dict(TINY, eval_every=1, ckpt_every=2, batch=8)  # batch 8 on a 4-step grid: some intervals end at r = 0
-    train_student(out, tiny_teacher, TrainArgs(steps=3, **args), grid_steps=4, end_steps=2)
+    # the identity's recipe (--identity-gaps), whose log carries the JVP term
+    train_student(out, tiny_teacher, TrainArgs(steps=3, **args), grid_steps=4, end_steps=2, ode_gaps=False)
     log = _log(out)
     steps = [r for r in log if "eval" not in r]
     evals = [r["eval"] for r in log if "eval" in r]
@@ -262,12 +296,14 @@ def test_distill_logs_every_step_keeps_the_best_and_resumes_its_log(tiny_teacher
     assert best["step"] == best_step and best["metrics"]["adherence_full"] == top
     assert load_checkpoint(out / "best", require_predictor=False).cfg.dit.mean_flow
     # resumed from the step-2 checkpoint? no: the last one is step 3; continue to 5 and the log reads as one run
-    train_student(out, tiny_teacher, TrainArgs(steps=5, **args), grid_steps=4, end_steps=2)
+    train_student(out, tiny_teacher, TrainArgs(steps=5, **args), grid_steps=4, end_steps=2, ode_gaps=False)
     assert [r["step"] for r in _log(out) if "eval" not in r] == [1, 2, 3, 4, 5]
     assert (out / "best" / "config.json").is_file()
-    # --ode-gaps: every r < t interval on the teacher's ODE; the config records it
-    train_student(tmp_path / "o", tiny_teacher, TrainArgs(steps=2, **args), grid_steps=4, end_steps=1, ode_gaps=True)
+    # the default, --ode-gaps: every r < t interval on the teacher's ODE, no JVP computed; the config records it
+    train_student(tmp_path / "o", tiny_teacher, TrainArgs(steps=2, **args), grid_steps=4, end_steps=1)
     assert json.loads((tmp_path / "o" / "config.json").read_text())["train"]["ode_gaps"] is True
+    steps = [r for r in _log(tmp_path / "o") if "eval" not in r]
+    assert all("jvp_rms" not in r and np.isfinite(r["mse_gap"]) for r in steps)
 
 
 def test_guard_stops_on_a_blow_up_not_on_noise():

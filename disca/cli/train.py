@@ -136,10 +136,12 @@ def teacher_cmd(args, out, preset, text_dropout, guidance):
     "(0: the MeanFlow identity, where the teacher's velocity cancels out with an x-prediction head).",
 )
 @click.option(
-    "--ode-gaps",
-    is_flag=True,
-    help="Every interval with r < t takes the teacher's ODE over [r, t] as target (--end-steps Euler steps), "
-    "not only those ending at the data: no JVP term in any target (README, Training > Distilling longer).",
+    "--ode-gaps/--identity-gaps",
+    default=True,
+    show_default=True,
+    help="Every interval with r < t takes the teacher's ODE over [r, t] as target (--end-steps Euler steps): "
+    "no JVP term in any target. --identity-gaps: the MeanFlow identity for 0 < r < t, the original recipe, "
+    "which runs away in long runs (README, Training > Distilling longer).",
 )
 @train_options
 @clean_errors
@@ -152,7 +154,10 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     from disca.training.distill import train_student
 
     if ode_gaps and not end_steps:
-        raise click.BadParameter("needs --end-steps >= 1 (the teacher's Euler steps)", param_hint="--ode-gaps")
+        raise click.BadParameter(
+            "needs --end-steps >= 1 (the teacher's Euler steps); with --end-steps 0 add --identity-gaps",
+            param_hint="--ode-gaps",
+        )
     train_student(
         out,
         teacher_dir,
@@ -212,6 +217,14 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     default=None,
     help="Also train on every gap up to this many steps (one predictor for several anchor budgets).",
 )
+@click.option(
+    "--rollout-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --forecast: weight of the error of the latent reached after sampling a run of cached steps "
+    "with the predictor (0: per-step errors only).",
+)
 @train_options
 @clean_errors
 def predictor_cmd(
@@ -230,6 +243,7 @@ def predictor_cmd(
     adversarial,
     velocity_weight,
     max_gap,
+    rollout_weight,
 ):
     """Train the cache predictor on the frozen host's own trajectories.
 
@@ -251,9 +265,20 @@ def predictor_cmd(
         from disca.training.predictor import train_predictor
 
         train_predictor(
-            out, student_dir, args, anchors, grid_steps, shift, depth=predictor_depth, forecast=forecast, **common
+            out,
+            student_dir,
+            args,
+            anchors,
+            grid_steps,
+            shift,
+            depth=predictor_depth,
+            forecast=forecast,
+            rollout_weight=rollout_weight,
+            **common,
         )
         return
+    if rollout_weight:
+        raise click.UsageError("--rollout-weight is for our own student (--student DIR) for now")
     if forecast:
         raise click.UsageError("--forecast is for our own student (--student DIR) for now")
     predictor_depth = 2 if predictor_depth is None else predictor_depth

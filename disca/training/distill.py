@@ -100,9 +100,10 @@ def step_terms(err, u, v, target, jvp, t, r, weight, end=None) -> dict:
         "u_rms": rms(u),
         "v_rms": rms(v),  # the teacher's guided velocity
         "target_rms": rms(target),
-        "jvp_rms": rms(jvp),  # (t - r) du/dt: the student's own part of its target
         "weight": weight.mean().item(),
     }
+    if jvp is not None:
+        logs["jvp_rms"] = rms(jvp)  # (t - r) du/dt: the student's own part of its target
     gap = r < t
     if gap.any():
         logs["mse_gap"] = err[gap].mean().item()
@@ -130,10 +131,11 @@ def train_student(
     adaptive_c: float = 1e-3,
     adaptive_p: float = 1.0,
     end_steps: int = 4,
-    ode_gaps: bool = False,
+    ode_gaps: bool = True,
 ):
-    """`ode_gaps`: every interval with r < t (not only those ending at r = 0) takes the teacher's ODE
-    solution over [r, t] as target (`end_steps` Euler steps): no JVP term in any target."""
+    """`ode_gaps` (the default): every interval with r < t (not only those ending at r = 0) takes the teacher's
+    ODE solution over [r, t] as target (`end_steps` Euler steps): no JVP term in any target, none computed.
+    Off, the MeanFlow identity's target for 0 < r < t (README, Training > Distilling longer: it runs away)."""
     teacher = load_checkpoint(teacher_dir, require_predictor=False)
     if teacher.text is None:
         raise CheckpointError(f"{teacher_dir} has no text embedding: train it with `disca-train teacher`")
@@ -158,8 +160,11 @@ def train_student(
         t, r = sample_times(args.batch, gen, sig, max_gap, plain, equal_frac, device)
         z = noisy(x, e, t)
         v = guided_velocity(tdit, z, t, txt, null, guidance)
-        terms: dict = {}
-        u, target = meanflow_target(student, z, t, r, v, txt, terms)
+        terms: dict = {"jvp": None}
+        if ode_gaps:  # every r < t target comes from the teacher's ODE below: the identity's JVP is not needed
+            u, target = student(z, t, r, txt), v
+        else:
+            u, target = meanflow_target(student, z, t, r, v, txt, terms)
         end = (r == 0) & (t > 0)
         ode = (r < t) if ode_gaps else end
         if end_steps and ode.any():  # intervals that end at the data: the teacher's own ODE solution as target

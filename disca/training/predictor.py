@@ -74,6 +74,18 @@ def training_triples(lists: list[list[int]], steps: int) -> list[tuple[int, int,
     return sorted(triples)
 
 
+def training_segments(lists: list[list[int]], steps: int) -> list[tuple[int, int, int]]:
+    """(previous anchor or -1, anchor, next anchor or `steps`) for every run of cached steps of every list."""
+    segments = set()
+    for anchors in lists:
+        anchors = sorted(anchors)
+        for k, a in enumerate(anchors):
+            end = anchors[k + 1] if k + 1 < len(anchors) else steps
+            if end - a > 1:
+                segments.add((anchors[k - 1] if k else -1, a, end))
+    return sorted(segments)
+
+
 @dataclass
 class Trajectories:
     """All-full sampling runs of the frozen host (kept on the CPU: they can be large)."""
@@ -143,6 +155,34 @@ def relative_error(pred, base, target) -> torch.Tensor:
     return torch.mean(err / (torch.mean((base - target) ** 2, dim=dims) + 1e-8))
 
 
+def final_latents(host, data: Trajectories, idx, sig, device) -> torch.Tensor:
+    """The all-full runs' sampled latents (after the last step), which `Trajectories` does not keep."""
+    n = data.inputs.shape[1] - 1
+    x, h = data.inputs[idx, n].to(device), data.hiddens[idx, n].to(device)
+    t = sig[n].to(device).expand(len(idx))
+    _, vec, _ = host.embed(x, t, sig[n + 1].to(device).expand(len(idx)), data.text[idx].to(device))
+    return x + (sig[n + 1] - sig[n]).to(device) * host.head(h, vec, x, t)
+
+
+def rollout(host, predictor, data: Trajectories, idx, prev: int, a: int, end: int, sig, device):
+    """Sample the cached steps a+1 .. end-1 as deployment does, from the all-full latent after anchor a:
+    -> the latent reached at `end` with the predictor on every cached step, and with its input, the
+    first-order forecast, alone (no gradient). The predictor's own drift feeds its later steps."""
+    text = data.text[idx].to(device)
+    x_pred = x_base = data.inputs[idx, a + 1].to(device)
+    for s in range(a + 1, end):
+        s_ = torch.full((len(idx),), s)
+        cache = forecast_cache(data, idx, torch.full_like(s_, prev), torch.full_like(s_, a), s_).to(device)
+        t, r = sig[s].to(device).expand(len(idx)), sig[s + 1].to(device).expand(len(idx))
+        dt = (sig[s + 1] - sig[s]).to(device)
+        tokens, vec, rope = host.embed(x_pred, t, r, text)
+        x_pred = x_pred + dt * host.head(predictor(tokens, cache, vec, rope), vec, x_pred, t)
+        with torch.no_grad():
+            _, vec_b, _ = host.embed(x_base, t, r, text)
+            x_base = x_base + dt * host.head(cache, vec_b, x_base, t)
+    return x_pred, x_base
+
+
 def pair_step(host, predictor, data: Trajectories, idx, a, s, sig, device, prev=None):
     """-> predicted and target hidden[s] for runs `idx` (cache hidden[a], or with `prev` the forecast from
     hidden[prev] and hidden[a]), plus (vec, x, t, cache) for the head and the baseline."""
@@ -186,11 +226,14 @@ def fit_predictor(
     start: int,
     extra: dict,
     triples: list[tuple[int, int, int]] | None = None,
+    rollout_weight: float = 0.0,
+    segments: list[tuple[int, int, int]] | None = None,
 ):
     """The host-agnostic core: train `ckpt.predictor` to map (embed(x_s), hidden[a]) to hidden[s].
 
     `host`: anything with embed / trunk / head (frozen here); `ckpt`: what the loop checkpoints to `out`.
-    A forecast predictor trains on `triples` (previous anchor, anchor, step) when given.
+    A forecast predictor trains on `triples` (previous anchor, anchor, step) when given; with `rollout_weight`
+    also on `segments` (previous anchor, anchor, next anchor) sampled through, as deployment does (`rollout`).
     """
     device = args.device
     host = host.to(device).eval().requires_grad_(False)
@@ -202,6 +245,7 @@ def fit_predictor(
 
     def loss_fn(step, rng, gen):
         idx = rng.integers(0, len(data), args.batch)
+        idx_t = torch.from_numpy(idx)
         if forecast and triples:
             prev, a, s = torch.tensor([triples[k] for k in rng.integers(0, len(triples), args.batch)]).T
         else:
@@ -228,6 +272,18 @@ def fit_predictor(
                 vel = torch.mean((host.head(pred, vec, x, t) - host.head(target, vec, x, t)) ** 2)
                 loss = loss + velocity_weight * vel
                 logs["vel"] = vel.item()
+        if rollout_weight and segments:
+            # One segment per batch (its cached steps run in lockstep), scored on the latent it ends at: the
+            # quantity the next anchor starts from. Per-step errors that add up along the segment cost here.
+            prev_, a_, end = segments[rng.integers(0, len(segments))]
+            x_pred, x_base = rollout(host, predictor, data, idx_t, prev_, a_, end, sig, device)
+            with torch.no_grad():
+                target_x = (
+                    data.inputs[idx_t, end].to(device) if end < steps else final_latents(host, data, idx_t, sig, device)
+                )
+            seg = relative_error(x_pred, x_base, target_x)
+            loss = (loss + rollout_weight * seg) / (1 + rollout_weight)
+            logs["seg_rel"] = seg.item()
         if disc is not None:
             d_loss = torch.relu(1 - disc(target)).mean() + torch.relu(1 + disc(pred.detach())).mean()
             disc_opt.zero_grad(set_to_none=True)
@@ -265,10 +321,14 @@ def train_predictor(
     max_gap: int | None = None,
     depth: int | None = None,
     forecast: bool = False,
+    rollout_weight: float = 0.0,
 ):
     """Our own distilled student (a disca checkpoint with its word embedding), on the synthetic task.
 
-    `depth` (default: the student's config) and `forecast` (`PredictorConfig.forecast`) set the predictor."""
+    `depth` (default: the student's config) and `forecast` (`PredictorConfig.forecast`) set the predictor;
+    `rollout_weight` (forecast only) adds the loss on sampled-through segments (`rollout`)."""
+    if rollout_weight and not forecast:
+        raise ConfigError("the rollout loss is for the forecast predictor: add --forecast")
     student = load_checkpoint(student_dir, require_predictor=False)
     if not student.cfg.dit.mean_flow or student.text is None:
         raise CheckpointError(f"{student_dir} is not a distilled student: train it with `disca-train distill`")
@@ -298,7 +358,8 @@ def train_predictor(
         )
 
     extra = _settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap)
-    extra["student"] = str(student_dir)
+    extra |= {"student": str(student_dir), "rollout_weight": rollout_weight}
+    family = anchor_family(steps, list(anchors), max_gap or 4)
     return fit_predictor(
         out,
         ckpt,
@@ -313,7 +374,10 @@ def train_predictor(
         evaluate=evaluate,
         start=start,
         extra=extra,
-        triples=training_triples(anchor_family(steps, list(anchors), max_gap or 4), steps) if forecast else None,
+        triples=training_triples(family, steps) if forecast else None,
+        rollout_weight=rollout_weight,
+        # segments longer than the gaps trained for would cost many steps each and serve no budget we run
+        segments=[seg for seg in training_segments(family, steps) if seg[2] - seg[1] <= (max_gap or 4)],
     )
 
 
