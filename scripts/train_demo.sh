@@ -24,11 +24,15 @@ disca-export onnx --checkpoint "$runs/predictor" --out disca/demo --no-weights -
 disca-export teacache disca/demo --samples 16
 disca-export schedule disca/demo --samples 16 --anchors 8 --report docs/schedule
 # Ablation, not shipped (README, Benchmark against the training-free caches): the former predictor, 1 block on the
-# last anchor's hidden state (no forecast), every gap up to 7 steps.
+# last anchor's hidden state (no forecast), every gap up to 7 steps; and the shipped one + the rollout loss.
 if [ -n "${PREDICTOR_ABLATION:-}" ]; then
     disca-train predictor --student "$runs/student" --out "$runs/predictor-anchor" --trajectories 128 --max-gap 7 \
         --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 --ckpt-every 100 --eval-every 2000 --steps 4000
     disca-export onnx --checkpoint "$runs/predictor-anchor" --out "$runs/bundle-anchor" --no-weights --overwrite
+    # the shipped predictor's recipe + the loss on sampled-through runs of cached steps
+    disca-train predictor --student "$runs/student" --out "$runs/predictor-rollout1" --forecast --predictor-depth 0 \
+        --trajectories 128 --max-gap 5 --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 --ckpt-every 200 \
+        --eval-every 2000 --steps 2000 --rollout-weight 1
 fi
 disca-export onnx --checkpoint "$runs/teacher" --out "$runs/bundle-teacher" --no-weights --overwrite
 disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite
