@@ -24,6 +24,7 @@ from disca.runtime.schedule import (
     THRESHOLD_POLICIES,
     FullPolicy,
     budget_anchors,
+    calibrated_forecast_reuse_gaps,
     calibrated_reuse_gaps,
     calibrated_taylor_gaps,
     make_policy,
@@ -122,11 +123,13 @@ def run_benchmark(
     coefficients = (bundle.manifest.get("teacache") or {}).get("coefficients")
     reuse_gaps = calibrated_reuse_gaps(bundle.manifest, steps, shift)  # DisCa as the runtime runs it
     taylor_gaps = calibrated_taylor_gaps(bundle.manifest, steps, shift)
+    gaps = dict(reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
+    gaps["forecast_reuse_gaps"] = calibrated_forecast_reuse_gaps(bundle.manifest, steps, shift)
     runs = [  # (policy, setting, policy factory): anchor policies per budget, threshold policies per threshold
         (
             name,
             {"anchors": k, "anchor_list": a, "anchor_source": src, "lists": kind},
-            lambda name=name, a=a: make_policy(name, a, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps),
+            lambda name=name, a=a: make_policy(name, a, **gaps),
         )
         for k in budgets
         for kind in lists

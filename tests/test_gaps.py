@@ -26,6 +26,7 @@ from disca.runtime.schedule import (
     DiscaPolicy,
     FullPolicy,
     ReusePolicy,
+    calibrated_forecast_reuse_gaps,
     calibrated_reuse_gaps,
     calibrated_taylor_gaps,
     make_policy,
@@ -226,3 +227,36 @@ def test_tensorrt_build_adds_the_head_engine_when_disca_reuses():
     assert default_graphs({"cached_steps": {"steps": 20, "reuse_gaps": [1]}}) == ["full", "predictor", "head"]
     assert default_graphs({"cached_steps": {"steps": 20, "reuse_gaps": []}}) == ["full", "predictor"]
     assert default_graphs({}) == ["full", "predictor"]
+
+
+def test_taylorseer1_gaps_is_taylorseer_off_its_reuse_gaps_and_reuse_on_them(tiny_model):
+    """The training-free control of DisCa's per-gap choice: TaylorSeer-1's cached steps except on its reuse
+    gaps, where the anchor's cache goes through the head unchanged."""
+    cfg, dit, predictor = tiny_model
+    cal = _random_set(cfg, n=1)
+    anchors, steps = [0, 2, 3], 6  # cached: step 1 (gap 1), 4 (gap 1), 5 (gap 2)
+
+    def run(policy):
+        return denoise(backend, cal.noise, cal.texts, steps=steps, shift=3.0, policy=policy)
+
+    with TorchBackend.from_modules(dit, predictor) as backend:
+        taylor, reuse = run(make_policy("taylorseer1", anchors)), run(make_policy("reuse", anchors))
+        none = run(make_policy("taylorseer1-gaps", anchors))
+        every = run(make_policy("taylorseer1-gaps", anchors, forecast_reuse_gaps=[1, 2]))
+        gap2 = run(make_policy("taylorseer1-gaps", anchors, forecast_reuse_gaps=[2]))
+    np.testing.assert_allclose(none[0], taylor[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(every[0], reuse[0], rtol=1e-5, atol=1e-6)
+    assert [g for _, g, *_ in gap2[1].per_step] == ["full", "head", "full", "full", "head", "head"]
+    assert not np.allclose(gap2[0], taylor[0], atol=1e-5) and not np.allclose(gap2[0], reuse[0], atol=1e-5)
+
+
+def test_forecast_reuse_gaps_come_from_the_calibrations_errors():
+    """Reuse where the cache was closer than TaylorSeer-1's forecast; the predictor's error plays no part."""
+    errors = [
+        {"gap": 1, "predictor": 0.9, "reuse": 0.004, "taylor": 0.002},
+        {"gap": 2, "predictor": 0.001, "reuse": 0.01, "taylor": 0.02},
+        {"gap": 3, "predictor": 0.001, "reuse": 0.01},  # an older record without the forecast's error
+    ]
+    manifest = {"cached_steps": {"steps": 20, "shift": 5.0, "reuse_gaps": [1], "errors": errors}}
+    assert calibrated_forecast_reuse_gaps(manifest, 20, 5.0) == [2]
+    assert calibrated_forecast_reuse_gaps(manifest, 10, 5.0) == [] and calibrated_forecast_reuse_gaps({}, 20) == []

@@ -18,6 +18,7 @@ from disca.runtime.schedule import (
     FullPolicy,
     Policy,
     budget_anchors,
+    calibrated_forecast_reuse_gaps,
     calibrated_reuse_gaps,
     calibrated_taylor_gaps,
     check_anchors,
@@ -144,7 +145,13 @@ class Pipeline:
                     f"not {steps}: pass a schedule for {steps} steps"
                 )
             anchors = default.anchors
-        return make_policy(policy, check_anchors(anchors, steps), reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
+        return make_policy(
+            policy,
+            check_anchors(anchors, steps),
+            reuse_gaps=reuse_gaps,
+            taylor_gaps=taylor_gaps,
+            forecast_reuse_gaps=calibrated_forecast_reuse_gaps(self.bundle.manifest, steps, shift),
+        )
 
     def denoise(
         self,

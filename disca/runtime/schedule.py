@@ -64,21 +64,31 @@ def budget_anchors(manifest: dict, steps: int, k: int) -> tuple[list[int], str]:
     return uniform_anchors(steps, k), "uniform"
 
 
-def calibrated_reuse_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
-    """The gaps where DisCa reuses the cache (`DiscaPolicy.reuse_gaps`), as calibrated for this bundle at
-    `steps` steps and `shift` (`disca-export schedule`, stored as `cached_steps`); none when calibrated for
-    another sampling grid (a gap is a different stretch of noise levels there), or not at all."""
+def _cached_steps(manifest: dict, steps: int, shift: float | None) -> dict:
+    """The bundle's `cached_steps` calibration (`disca-export schedule`) if it was made for this sampling grid,
+    else {} (on another grid a gap is a different stretch of noise levels)."""
     record = manifest.get("cached_steps") or {}
     same_grid = record.get("steps") == steps and (shift is None or record.get("shift") in (None, shift))
-    return [int(g) for g in record.get("reuse_gaps", [])] if same_grid else []
+    return record if same_grid else {}
+
+
+def calibrated_reuse_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
+    """The gaps where DisCa reuses the cache (`DiscaPolicy.reuse_gaps`), as calibrated for this bundle at
+    `steps` steps and `shift`; none when calibrated for another grid, or not at all."""
+    return [int(g) for g in _cached_steps(manifest, steps, shift).get("reuse_gaps", [])]
 
 
 def calibrated_taylor_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
     """The gaps where DisCa runs TaylorSeer's forecast through the head (`DiscaPolicy.taylor_gaps`),
     calibrated as `calibrated_reuse_gaps` (absent in older bundles: none)."""
-    record = manifest.get("cached_steps") or {}
-    same_grid = record.get("steps") == steps and (shift is None or record.get("shift") in (None, shift))
-    return [int(g) for g in record.get("taylor_gaps", [])] if same_grid else []
+    return [int(g) for g in _cached_steps(manifest, steps, shift).get("taylor_gaps", [])]
+
+
+def calibrated_forecast_reuse_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
+    """The training-free counterpart of `calibrated_reuse_gaps`: the gaps where, in the same calibration
+    (all-full runs only), the plain cache came closer than TaylorSeer-1's forecast; the predictor plays no part."""
+    errors = _cached_steps(manifest, steps, shift).get("errors", [])
+    return [int(e["gap"]) for e in errors if "taylor" in e and e["reuse"] < e["taylor"]]
 
 
 def parse_anchors(text: str) -> list[int]:
@@ -300,6 +310,31 @@ class TaylorSeerPolicy(AnchorPolicy):
         return backend.head(x, t, r, text, backend.asarray(self.forecast(step).astype(np.float32)))
 
 
+class TaylorSeerGapsPolicy(TaylorSeerPolicy):
+    """The training-free control of DisCa's per-gap choice: TaylorSeer-1 on the anchors, except the plain
+    cache through the head on `reuse_gaps` (`calibrated_forecast_reuse_gaps`: where the bundle's calibration
+    found it closer than the forecast). Against `disca` on the same anchors it isolates what the learned
+    predictor adds."""
+
+    def __init__(self, anchors, reuse_gaps=()):
+        super().__init__(anchors, order=1)
+        self.name = "taylorseer1-gaps"
+        self.reuse_gaps = frozenset(int(g) for g in reuse_gaps)
+
+    def reset(self, steps: int) -> None:
+        super().reset(steps)
+        self.last_anchor = 0
+
+    def observe(self, backend, step, sigma, cache) -> None:
+        self.last_anchor = step
+        super().observe(backend, step, sigma, cache)
+
+    def cached_velocity(self, backend, step, sigma, x, t, r, text, cache):
+        if step - self.last_anchor in self.reuse_gaps:
+            return backend.head(x, t, r, text, cache)
+        return super().cached_velocity(backend, step, sigma, x, t, r, text, cache)
+
+
 def rel_l1(a, b) -> float:
     """mean |a - b| / mean |b|: the threshold caches' change measure (numpy arrays or torch tensors)."""
     return float(abs(a - b).mean()) / max(float(abs(b).mean()), 1e-12)
@@ -446,6 +481,7 @@ POLICIES = (
     "reuse",
     "taylorseer1",
     "taylorseer2",
+    "taylorseer1-gaps",
     "teacache",
     "first-block",
     "dbcache",
@@ -472,9 +508,11 @@ def make_policy(
     coefficients=None,
     reuse_gaps=(),
     taylor_gaps=(),
+    forecast_reuse_gaps=(),
     **options,
 ) -> Policy:
-    """A policy by name: anchor policies take `anchors` (DisCa also `reuse_gaps`), threshold policies
+    """A policy by name: anchor policies take `anchors` (DisCa also `reuse_gaps` and `taylor_gaps`,
+    `taylorseer1-gaps` `forecast_reuse_gaps`), threshold policies
     `threshold` (TeaCache also the bundle's fitted `coefficients`; DBCache `warmup` and `max_cached`)."""
     if name in THRESHOLD_POLICIES:
         threshold = SKIP_THRESHOLDS[name] if threshold is None else threshold
@@ -494,4 +532,6 @@ def make_policy(
         return ReusePolicy(anchors)
     if name in ("taylorseer1", "taylorseer2"):
         return TaylorSeerPolicy(anchors, order=int(name[-1]))
+    if name == "taylorseer1-gaps":
+        return TaylorSeerGapsPolicy(anchors, forecast_reuse_gaps)
     raise ScheduleError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
