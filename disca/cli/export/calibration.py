@@ -140,7 +140,7 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     default=3,
     show_default=True,
     type=click.IntRange(0, 50),
-    help="Local-search rounds per benchmark budget after the greedy pass (0: the greedy lists only).",
+    help="Local-search rounds per budget (K = 3..14 and --anchors) after the greedy pass (0: the greedy lists only).",
 )
 @click.option("--report", "report_dir", default="schedule-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
@@ -220,7 +220,8 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
             quality = disca_quality(
                 backend, cal, ref, steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
             )
-            budgets = sorted({*BENCH_BUDGETS, *([k] if k else [])})
+            # every budget the bench spans (3..14 of 20), not only its own: `disca-run --anchors K` gets a refined list
+            budgets = sorted({*range(min(BENCH_BUDGETS), max(BENCH_BUDGETS) + 1), *([k] if k else [])})
             curve = refine(quality, curve, steps=steps, ks=budgets, rounds=rounds, log=console.print)
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(
