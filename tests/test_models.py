@@ -169,3 +169,45 @@ def test_residual_predictor_starts_as_plain_reuse():
     with torch.no_grad():
         predictor.fusion[-1].bias.fill_(0.1)
     torch.testing.assert_close(predictor(tokens, cached, vec, rope), cached + 0.1)
+
+
+@pytest.mark.parametrize("residual,modulate", [(False, False), (True, False), (True, True)])
+def test_tokenwise_predictor_graph_equals_embed_predictor_head(residual, modulate):
+    """A predictor without blocks runs the graph's short path (video tokens only, the patch embedding folded
+    into the fusion): the velocity must equal the definition embed -> predictor -> head."""
+    cfg = preset("tiny")
+    cfg.predictor.depth, cfg.predictor.residual, cfg.predictor.modulate = 0, residual, modulate
+    dit, predictor = build(cfg)
+    randomize_(dit, 0)
+    randomize_(predictor, 1)
+    latent, t, r, text = _inputs(cfg)
+    _, hidden = FullGraph(dit)(latent, t, r, text)
+    with torch.no_grad():
+        tokens, vec, rope = dit.embed(latent, t, r, text)
+        reference = dit.head(predictor(tokens, hidden, vec, rope), vec, latent, t)
+        fast = PredictorGraph(dit, predictor)(latent, t, r, text, hidden)
+    assert reference.abs().max() > 1e-3  # not a trivially zero velocity
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_modulated_predictor_starts_unmodulated_and_then_reads_the_time():
+    cfg = preset("tiny")
+    cfg.predictor.depth, cfg.predictor.residual = 0, True
+    plain = CachePredictor(cfg.dit, cfg.predictor)
+    cfg.predictor.modulate = True
+    torch.manual_seed(0)
+    modulated = CachePredictor(cfg.dit, cfg.predictor)
+    modulated.load_state_dict(plain.state_dict(), strict=False)  # same fusion; modulation stays zero
+    with torch.no_grad():
+        plain.fusion[-1].weight.normal_()
+        modulated.fusion[-1].weight.copy_(plain.fusion[-1].weight)
+    dit = VideoDiT(cfg.dit)
+    randomize_(dit, 0)
+    x, text = torch.randn(1, 3, 2, 8, 8), torch.randn(1, 4, cfg.dit.text_dim)
+    tokens, vec_a, rope = dit.embed(x, torch.tensor([0.8]), torch.tensor([0.6]), text)
+    _, vec_b, _ = dit.embed(x, torch.tensor([0.3]), torch.tensor([0.2]), text)
+    cached = torch.randn_like(tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(modulated(tokens, cached, vec_a, rope), plain(tokens, cached, vec_a, rope))
+        modulated.modulation.weight.normal_()
+        assert not torch.allclose(modulated(tokens, cached, vec_a, rope), modulated(tokens, cached, vec_b, rope))

@@ -199,6 +199,12 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     help="With --student: the predictor reads the Taylor forecast of the hidden state from the last two anchors "
     "and learns the correction on top of it.",
 )
+@click.option(
+    "--modulate",
+    is_flag=True,
+    help="With --student: the fusion MLP's hidden layer is modulated by the step's time and text (adaLN), "
+    "so a predictor without blocks knows the noise level.",
+)
 @click.option("--schedule", default="0,1,2,5,9,13,17,19", show_default=True, help="Deployment anchor steps.")
 @click.option("--grid-steps", default=20, show_default=True)
 @click.option("--shift", default=5.0, show_default=True)
@@ -236,6 +242,7 @@ def predictor_cmd(
     latent,
     predictor_depth,
     forecast,
+    modulate,
     schedule,
     grid_steps,
     shift,
@@ -274,13 +281,14 @@ def predictor_cmd(
             depth=predictor_depth,
             forecast=forecast,
             rollout_weight=rollout_weight,
+            modulate=modulate,
             **common,
         )
         return
     if rollout_weight:
         raise click.UsageError("--rollout-weight is for our own student (--student DIR) for now")
-    if forecast:
-        raise click.UsageError("--forecast is for our own student (--student DIR) for now")
+    if forecast or modulate:
+        raise click.UsageError("--forecast and --modulate are for our own student (--student DIR) for now")
     predictor_depth = 2 if predictor_depth is None else predictor_depth
     kind, _, path = source.partition(":")
     if kind != "diffusers" or not path:

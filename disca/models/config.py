@@ -73,6 +73,9 @@ class PredictorConfig:
     # is that forecast and training learns the correction on top. Same graph and layout; the runtime reads it
     # from the bundle's model config (absent: False).
     forecast: bool = False
+    # The fusion MLP's hidden layer is shifted and scaled by the step's conditioning `vec` (adaLN, zero-initialised:
+    # untrained, it changes nothing), so the correction knows the noise level even without blocks. Not official.
+    modulate: bool = False
 
 
 @dataclass

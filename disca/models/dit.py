@@ -222,14 +222,27 @@ class VideoDiT(nn.Module):
         grid = self.grid(latent)
         x = self.patch_embed(latent).flatten(2).transpose(1, 2)  # (B, Nv, H)
         tokens = torch.cat([x, self.text_proj(text)], dim=1)  # (B, N, H)
+        vec = self.conditioning(t, r, text)
+        rope = rope_table(grid, text.shape[1], self.cfg.resolved_rope_axes, self.cfg.rope_theta, latent.device)
+        return tokens, vec, rope
+
+    def conditioning(self, t, r, text) -> torch.Tensor:
+        """-> vec (B, H): the time(s) and pooled text that modulate every block and the head."""
         vec = self.t_embedder(t)  # (B, H)
         if self.r_embedder is not None:
             vec = vec + self.r_embedder(r)
             if self.cfg.time_combine == "mean":
                 vec = vec / 2
-        vec = vec + self.text_pool(text.mean(dim=1))
-        rope = rope_table(grid, text.shape[1], self.cfg.resolved_rope_axes, self.cfg.rope_theta, latent.device)
-        return tokens, vec, rope
+        return vec + self.text_pool(text.mean(dim=1))
+
+    def patchify(self, latent) -> torch.Tensor:
+        """(B, C, F, H, W) -> (B, Nv, C*pf*ph*pw): the patches `patch_embed` reads, in its weight's order
+        (`patch_embed(latent)` equals `patchify(latent) @ weight.flatten(1).T + bias`)."""
+        f, h, w = self.grid(latent)
+        pf, ph, pw = self.cfg.patch_size
+        x = latent.reshape(latent.shape[0], self.cfg.in_channels, f, pf, h, ph, w, pw)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, f, h, w, C, pf, ph, pw)
+        return x.reshape(latent.shape[0], f * h * w, -1)
 
     def trunk(self, tokens, vec, rope) -> torch.Tensor:
         """All blocks: -> hidden (B, N, H), the final hidden state DisCa caches."""

@@ -322,10 +322,11 @@ def train_predictor(
     depth: int | None = None,
     forecast: bool = False,
     rollout_weight: float = 0.0,
+    modulate: bool = False,
 ):
     """Our own distilled student (a disca checkpoint with its word embedding), on the synthetic task.
 
-    `depth` (default: the student's config) and `forecast` (`PredictorConfig.forecast`) set the predictor;
+    `depth` (default: the student's config), `forecast` and `modulate` (`PredictorConfig`) set the predictor;
     `rollout_weight` (forecast only) adds the loss on sampled-through segments (`rollout`)."""
     if rollout_weight and not forecast:
         raise ConfigError("the rollout loss is for the forecast predictor: add --forecast")
@@ -337,6 +338,7 @@ def train_predictor(
         student.cfg.predictor.residual = True
     if depth is not None:
         student.cfg.predictor.depth = depth
+    student.cfg.predictor.modulate = modulate
     pairs = training_pairs(list(anchors), steps, max_gap)
     resumed = resume_point(out, "predictor")
     if resumed:
