@@ -27,7 +27,8 @@ disca-export teacache "$runs/demo" --samples 16
 disca-export schedule "$runs/demo" --samples 16 --anchors 8 --report docs/schedule
 cp "$runs/demo"/* disca/demo/
 # Ablation, not shipped (README, Benchmark against the training-free caches): the former predictor, 1 block on the
-# last anchor's hidden state (no forecast), every gap up to 7 steps; and the shipped one without the rollout loss.
+# last anchor's hidden state (no forecast), every gap up to 7 steps; the shipped one without the rollout loss; and the
+# best predictor measured (--modulate, 512 trajectories, 6000 steps), not shipped (README, the ablations).
 if [ -n "${PREDICTOR_ABLATION:-}" ]; then
     disca-train predictor --student "$runs/student" --out "$runs/predictor-anchor" --trajectories 128 --max-gap 7 \
         --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 --ckpt-every 100 --eval-every 2000 --steps 4000
@@ -35,6 +36,9 @@ if [ -n "${PREDICTOR_ABLATION:-}" ]; then
     disca-train predictor --student "$runs/student" --out "$runs/predictor-no-rollout" --forecast \
         --predictor-depth 0 --trajectories 128 --max-gap 5 --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 \
         --ckpt-every 200 --eval-every 2000 --steps 2000
+    disca-train predictor --student "$runs/student" --out "$runs/predictor-modulated" --forecast --predictor-depth 0 \
+        --modulate --trajectories 512 --max-gap 5 --velocity-weight 30 --batch 16 --lr 5e-4 --ema 0.99 \
+        --ckpt-every 200 --eval-every 6000 --steps 6000 --rollout-weight 1
 fi
 disca-export onnx --checkpoint "$runs/teacher" --out "$runs/bundle-teacher" --no-weights --overwrite
 disca-export onnx --checkpoint "$runs/student-plain" --out "$runs/bundle-plain" --no-weights --overwrite

@@ -90,3 +90,13 @@ def test_eval_restriction_rows_and_teacher_cache(tmp_path):
 
     bad = CliRunner().invoke(er.main, [*args[:-1], f"teacher={ROOT / 'checkpoints/demo-teacher'}"])
     assert bad.exit_code != 0 and "is not a distilled student" in bad.output
+
+
+def test_bench_graphs_times_each_graph_of_the_shipped_demo():
+    bg = _script("bench_graphs")
+    result = CliRunner().invoke(bg.main, [str(ROOT / "disca/demo"), "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "demo" in line)
+    cells = [c.strip() for c in row.strip("│| ").split("│")]
+    full, predictor, head = (float(c) for c in cells[1:4])
+    assert full > predictor > 0 and full > head > 0  # a cached step's graphs are cheaper than the full pass

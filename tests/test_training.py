@@ -185,7 +185,7 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
     assert best["stage"] == "predictor" and best["metrics"] == metrics  # ranked by DisCa sampling's adherence
     ck = load_checkpoint(tmp_path / "p")
     assert ck.predictor is not None and ck.text is not None and ck.cfg.dit.mean_flow
-    # the forecast predictor, 0 blocks: trains, and its config says what the runtime feeds it
+    # the forecast predictor, 0 blocks, modulated: trains, and its config says what the runtime feeds it
     train_predictor(
         tmp_path / "f",
         tmp_path / "s",
@@ -197,9 +197,11 @@ def test_student_and_predictor_stages_run_and_resume(tiny_teacher, tmp_path):
         depth=0,
         forecast=True,
         rollout_weight=1.0,
+        modulate=True,
     )
     ck = load_checkpoint(tmp_path / "f")
     assert ck.cfg.predictor.forecast and ck.cfg.predictor.depth == 0 and len(ck.predictor.blocks) == 0
+    assert ck.cfg.predictor.modulate and ck.predictor.modulation is not None  # kept through the checkpoint
     # its loss is relative to the forecast's own error: exactly 1 for the untrained (zero-initialised) correction
     first = _log(tmp_path / "f")[0]
     assert first["step"] == 1 and first["feat_rel"] == pytest.approx(1.0, abs=1e-5)
