@@ -10,8 +10,9 @@ import torch
 
 from disca.benchmark import run_benchmark
 from disca.bundle import Bundle
-from disca.calibration.dataset import CalibrationSet, calibration_set, sample_all
-from disca.calibration.gaps import cached_steps_record, gap_errors
+from disca.calibration.dataset import CalibrationSet, calibration_set, read_prompts, sample_all
+from disca.calibration.gaps import cached_gaps, cached_steps_record, choose_on_runs, gap_errors
+from disca.calibration.schedule_search import probe_lists
 from disca.calibration.trajectories import RecordingBackend
 from disca.cli.export import default_graphs
 from disca.cli.export import main as export_cli
@@ -127,6 +128,41 @@ def test_record_reuses_where_reuse_is_closer():
     assert calibrated_taylor_gaps({"cached_steps": record}, 4) == [1] and calibrated_taylor_gaps({}, 4) == []
 
 
+def test_choice_on_runs_keeps_what_the_runs_prefer():
+    """From the one-step choice, each gap the lists take tries the other estimates and keeps what raises the
+    runs' mean PSNR; gaps no list takes keep their one-step choice."""
+    errors = [{"gap": g, "predictor": 0.01, "reuse": 0.02, "taylor": 0.03, "pairs": 4} for g in (1, 2, 3, 4)]
+    lists = [[0, 2], [0, 1, 3]]  # 5 steps: gaps 1, 2, 3 ([0, 2]: 1, 1, 2; [0, 1, 3]: 1, 1)
+    assert cached_gaps([0, 2], 5) == {1, 2} and cached_gaps([0, 1, 3], 5) == {1} and cached_gaps([0], 5) == {1, 2, 3, 4}
+    calls = []
+
+    def quality(anchors, reuse, taylor):  # runs that prefer TaylorSeer at gap 1 and reuse at gap 2
+        calls.append((tuple(anchors), tuple(reuse), tuple(taylor)))
+        return 30.0 + (1 in taylor) + 0.5 * (2 in reuse) + 0.005 * (1 in reuse)
+
+    choice, trials = choose_on_runs(quality, errors, lists, steps=5)
+    assert choice == {1: "taylor", 2: "reuse", 3: "predictor", 4: "predictor"}
+    assert trials[0] == {"gap": None, "estimate": "one-step choice", "psnr_db": 30.0}
+    assert [(t["gap"], t["estimate"]) for t in trials[1:]] == [(1, "reuse"), (1, "taylor"), (2, "reuse"), (2, "taylor")]
+    assert trials[1]["psnr_db"] == pytest.approx(30.005)  # reuse at gap 1: +0.005 dB, under the 0.01 dB bar
+    assert trials[-1]["psnr_db"] == pytest.approx(31.0)  # TaylorSeer at gap 2 instead of reuse: lower
+    # each trial reruns only the lists that take its gap: the one-step choice 2 runs, gap-1 trials 2 each,
+    # gap-2 trials 1 each ([0, 2] only)
+    assert len(calls) == 2 + 2 * 2 + 2 * 1
+    # the training-free control chooses between reuse and TaylorSeer only, from the closer one-step estimate
+    control = choose_on_runs(quality, errors, lists, steps=5, options=("reuse", "taylor"))
+    assert control[0] == {1: "taylor", 2: "reuse", 3: "reuse", 4: "reuse"}
+    assert [(t["gap"], t["estimate"]) for t in control[1][1:]] == [(1, "taylor"), (2, "taylor")]
+    record = cached_steps_record(errors, steps=5, shift=3.0, samples=2, choice=choice, trials=trials, control=control)
+    assert (record["reuse_gaps"], record["taylor_gaps"], record["chosen_on"]) == ([2], [1], "runs")
+    assert record["forecast_reuse_gaps"] == [2, 3, 4] and record["forecast_trials"] == control[1]
+
+
+def test_probe_lists_are_the_even_and_warm_up_lists():
+    assert probe_lists(20, [8]) == [[0, 2, 5, 8, 10, 12, 15, 18], [0, 1, 4, 7, 10, 13, 16, 19]]
+    assert probe_lists(4, [1, 3, 4, 9]) == [[0, 1, 3]]  # both lists of 3; 1, 4 and 9 anchors: no list to probe
+
+
 def test_disca_runs_taylorseer_on_its_taylor_gaps(tiny_model):
     """On a Taylor gap DisCa's cached step is TaylorSeer-1's (same anchors), elsewhere the predictor's."""
     cfg, dit, predictor = tiny_model
@@ -157,6 +193,31 @@ def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy,
     assert [e["gap"] for e in out["cached_steps"]["errors"]] == [1, 2, 3]
     assert manifest["anchor_lists"]["reuse_gaps"] == manifest["cached_steps"]["reuse_gaps"]
     assert "velocity rel. MSE, predictor" in (tmp_path / "rep" / "schedule_search.md").read_text()
+    # the choice was made on DisCa runs over the even and warm-up lists of 3 anchors: the stored gaps score at
+    # least as well there as the one-step choice it started from (the first trial)
+    record = out["cached_steps"]
+    assert record["chosen_on"] == "runs" and record["trials"][0]["estimate"] == "one-step choice"
+    b = Bundle.open(bundle_copy)
+    cal = calibration_set(b, read_prompts(prompt_file), n=2)
+    with OnnxRuntimeBackend(b) as backend:
+        ref = sample_all(backend, cal, steps=4, shift=b.schedule.shift)
+        kw = dict(steps=4, shift=b.schedule.shift, reuse_gaps=record["reuse_gaps"], taylor_gaps=record["taylor_gaps"])
+        chosen = np.mean([psnr(sample_all(backend, cal, anchors=a, **kw), ref) for a in probe_lists(4, [3])])
+    assert chosen == pytest.approx(max(t["psnr_db"] for t in record["trials"]), abs=2e-3)
+    assert chosen >= record["trials"][0]["psnr_db"] - 1e-3
+    # and the training-free control's (TaylorSeer-1 off its reuse gaps), the same way
+    dbs = []
+    with OnnxRuntimeBackend(b) as backend:
+        for anchors in probe_lists(4, [3]):
+            out = np.empty_like(ref)
+            for idx, latents, texts in cal.batches():
+                policy = make_policy("taylorseer1-gaps", anchors, forecast_reuse_gaps=record["forecast_reuse_gaps"])
+                out[idx] = denoise(backend, latents, texts, steps=4, shift=b.schedule.shift, policy=policy)[0]
+            dbs.append(psnr(out, ref))
+    control = np.mean(dbs)
+    assert control == pytest.approx(max(t["psnr_db"] for t in record["forecast_trials"]), abs=2e-3)
+    one_step = invoke(export_cli, [*args, "--one-step", "--gaps-only", "--no-write", "--json"])
+    assert json.loads(one_step.stdout)["chosen_on"] == "one-step", one_step.output
 
     # The runtime runs whatever the manifest says: here, reuse on one-step gaps.
     manifest["cached_steps"]["reuse_gaps"] = [1]
@@ -260,3 +321,5 @@ def test_forecast_reuse_gaps_come_from_the_calibrations_errors():
     manifest = {"cached_steps": {"steps": 20, "shift": 5.0, "reuse_gaps": [1], "errors": errors}}
     assert calibrated_forecast_reuse_gaps(manifest, 20, 5.0) == [2]
     assert calibrated_forecast_reuse_gaps(manifest, 10, 5.0) == [] and calibrated_forecast_reuse_gaps({}, 20) == []
+    manifest["cached_steps"]["forecast_reuse_gaps"] = [1, 3]  # chosen on sampled runs: that choice holds
+    assert calibrated_forecast_reuse_gaps(manifest, 20, 5.0) == [1, 3]

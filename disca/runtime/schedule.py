@@ -85,9 +85,13 @@ def calibrated_taylor_gaps(manifest: dict, steps: int, shift: float | None = Non
 
 
 def calibrated_forecast_reuse_gaps(manifest: dict, steps: int, shift: float | None = None) -> list[int]:
-    """The training-free counterpart of `calibrated_reuse_gaps`: the gaps where, in the same calibration
-    (all-full runs only), the plain cache came closer than TaylorSeer-1's forecast; the predictor plays no part."""
-    errors = _cached_steps(manifest, steps, shift).get("errors", [])
+    """The training-free counterpart of `calibrated_reuse_gaps`: the gaps where, in the same calibration, the
+    plain cache came closer than TaylorSeer-1's forecast (chosen on sampled runs where the record has it, else
+    on the one-step errors); the predictor plays no part."""
+    record = _cached_steps(manifest, steps, shift)
+    if "forecast_reuse_gaps" in record:
+        return [int(g) for g in record["forecast_reuse_gaps"]]
+    errors = record.get("errors", [])
     return [int(e["gap"]) for e in errors if "taylor" in e and e["reuse"] < e["taylor"]]
 
 

@@ -136,6 +136,11 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     help="Only the per-gap calibration (predictor, reuse or TaylorSeer-1); keep the stored anchor lists.",
 )
 @click.option(
+    "--one-step",
+    is_flag=True,
+    help="Make the per-gap choice from one-step errors alone (faster), not on sampled DisCa runs.",
+)
+@click.option(
     "--rounds",
     default=3,
     show_default=True,
@@ -146,30 +151,35 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @click.option("--no-write", is_flag=True, help="Report only: leave the bundle's manifest as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, rounds, report_dir, no_write, as_json):
+def schedule_cmd(
+    bundle, steps, k, prompts, samples, predictor_only, gaps_only, one_step, rounds, report_dir, no_write, as_json
+):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
 
-    First, gap by gap (steps since the last anchor), whether the predictor or the plain cache through
-    the head comes closer to the full DiT's velocity on the calibration runs; DisCa reuses the cache
-    where it does (`cached_steps` in the manifest). Then greedy forward selection over real DisCa runs
-    (step 0 always an anchor), then, for the benchmark's budgets, a local search from the best of the greedy,
-    even and warm-up lists (`--rounds`). Stores the searched list of every K in the manifest (`anchor_lists`:
-    what `disca-run --anchors K` and `disca-bench` use), with --anchors K also as the default schedule,
-    and writes the quality-vs-anchors curve as a table, JSON and PNG plot, compared with the official
-    and uniform lists.
+    First, gap by gap (steps since the last anchor), which of the predictor, the plain cache through the
+    head (reuse) and TaylorSeer-1's forecast through the head comes closer to the full DiT's velocity on
+    the calibration runs, then, from that choice, gap by gap, which of them brings DisCa runs over the
+    even and warm-up lists closer to all-full (`cached_steps` in the manifest; --one-step skips the runs).
+    Then greedy forward selection over real DisCa runs (step 0 always an anchor), then, for the
+    benchmark's budgets, a local search from the best of the greedy, even and warm-up lists (`--rounds`).
+    Stores the searched list of every K in the manifest (`anchor_lists`: what `disca-run --anchors K` and
+    `disca-bench` use), with --anchors K also as the default schedule, and writes the quality-vs-anchors
+    curve as a table, JSON and PNG plot, compared with the official and uniform lists.
     """
     from disca.benchmark import BENCH_BUDGETS
     from disca.calibration import gaps
-    from disca.calibration.dataset import uses_task_vocabulary
+    from disca.calibration.dataset import sample_all, uses_task_vocabulary
     from disca.calibration.schedule_search import (
         compare,
         disca_quality,
         greedy_curve,
         markdown_table,
         plot_curve,
+        probe_lists,
         refine,
     )
+    from disca.metrics import psnr
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     b = Bundle.open(bundle) if no_write else open_to_change(bundle)
@@ -193,12 +203,31 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
         from disca.task import score
 
         adherence = lambda out: round(score(np.clip(out, -1, 1), cal.prompts)["all"], 4)  # noqa: E731
-    cached_steps = None
+    cached_steps = ref = None
+    # every budget the bench spans (3..14 of 20), not only its own: `disca-run --anchors K` gets a refined list
+    budgets = sorted({*range(min(BENCH_BUDGETS), max(BENCH_BUDGETS) + 1), *([k] if k else [])})
     with OnnxRuntimeBackend(b) as backend:
         if not predictor_only:
-            console.print(f"predictor vs reuse, gap by gap, on {len(cal)} all-full runs...")
+            console.print(f"predictor vs reuse vs TaylorSeer-1, gap by gap, on {len(cal)} all-full runs...")
             errors = gaps.gap_errors(backend, cal, steps=steps, shift=shift)
-            cached_steps = gaps.cached_steps_record(errors, steps=steps, shift=shift, samples=len(cal))
+            choice = trials = control = None
+            probe = probe_lists(steps, budgets)
+            if probe and not one_step:
+                console.print(f"the same choice on DisCa runs over {len(probe)} even and warm-up lists...")
+                ref = sample_all(backend, cal, steps=steps, shift=shift)
+
+                def run_quality(anchors, reuse_gaps, taylor_gaps):
+                    kw = dict(steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
+                    return psnr(sample_all(backend, cal, anchors=anchors, **kw), ref)
+
+                choice, trials = gaps.choose_on_runs(run_quality, errors, probe, steps=steps, log=console.print)
+                console.print("the training-free control's choice (TaylorSeer-1 or reuse), the same way...")
+                control = gaps.choose_on_runs(
+                    run_quality, errors, probe, steps=steps, options=("reuse", "taylor"), log=console.print
+                )
+            cached_steps = gaps.cached_steps_record(
+                errors, steps=steps, shift=shift, samples=len(cal), choice=choice, trials=trials, control=control
+            )
             console.print(f"  reuse the cache at gaps {cached_steps['reuse_gaps'] or 'none'}")
             console.print(f"  TaylorSeer-1 through the head at gaps {cached_steps['taylor_gaps'] or 'none'}")
             if gaps_only:
@@ -207,21 +236,26 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
 
                     b.manifest["cached_steps"] = cached_steps
                     write_manifest(b)
-                click.echo(json.dumps(cached_steps, indent=2) if as_json else gaps.markdown_table(errors))
+                click.echo(json.dumps(cached_steps, indent=2) if as_json else gaps.markdown_table(errors, cached_steps))
                 return
         reuse_gaps = cached_steps["reuse_gaps"] if cached_steps else []
         taylor_gaps = cached_steps["taylor_gaps"] if cached_steps else []
         console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
         ref, curve = greedy_curve(
-            backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print, taylor_gaps=taylor_gaps
+            backend,
+            cal,
+            steps=steps,
+            shift=shift,
+            reuse_gaps=reuse_gaps,
+            log=console.print,
+            taylor_gaps=taylor_gaps,
+            reference=ref,
         )
         if rounds:
             console.print(f"local search around the best lists, {rounds} rounds per budget...")
             quality = disca_quality(
                 backend, cal, ref, steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
             )
-            # every budget the bench spans (3..14 of 20), not only its own: `disca-run --anchors K` gets a refined list
-            budgets = sorted({*range(min(BENCH_BUDGETS), max(BENCH_BUDGETS) + 1), *([k] if k else [])})
             curve = refine(quality, curve, steps=steps, ks=budgets, rounds=rounds, log=console.print)
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(
@@ -248,7 +282,7 @@ def schedule_cmd(bundle, steps, k, prompts, samples, predictor_only, gaps_only, 
     }
     table = markdown_table(curve, rows)
     if cached_steps:
-        table = gaps.markdown_table(cached_steps["errors"]) + "\n\n" + table
+        table = gaps.markdown_table(cached_steps["errors"], cached_steps) + "\n\n" + table
     (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
     (report_dir / "schedule_search.md").write_text(table + "\n")
     if not no_plot:
