@@ -12,7 +12,6 @@ from disca.benchmark import run_benchmark
 from disca.bundle import Bundle
 from disca.calibration.dataset import CalibrationSet, calibration_set, read_prompts, sample_all
 from disca.calibration.gaps import cached_gaps, cached_steps_record, choose_on_runs, gap_errors
-from disca.calibration.schedule_search import probe_lists
 from disca.calibration.trajectories import RecordingBackend
 from disca.cli.export import default_graphs
 from disca.cli.export import main as export_cli
@@ -158,11 +157,6 @@ def test_choice_on_runs_keeps_what_the_runs_prefer():
     assert record["forecast_reuse_gaps"] == [2, 3, 4] and record["forecast_trials"] == control[1]
 
 
-def test_probe_lists_are_the_even_and_warm_up_lists():
-    assert probe_lists(20, [8]) == [[0, 2, 5, 8, 10, 12, 15, 18], [0, 1, 4, 7, 10, 13, 16, 19]]
-    assert probe_lists(4, [1, 3, 4, 9]) == [[0, 1, 3]]  # both lists of 3; 1, 4 and 9 anchors: no list to probe
-
-
 def test_disca_runs_taylorseer_on_its_taylor_gaps(tiny_model):
     """On a Taylor gap DisCa's cached step is TaylorSeer-1's (same anchors), elsewhere the predictor's."""
     cfg, dit, predictor = tiny_model
@@ -193,31 +187,38 @@ def test_schedule_cli_stores_the_gap_choice_and_the_runtime_uses_it(bundle_copy,
     assert [e["gap"] for e in out["cached_steps"]["errors"]] == [1, 2, 3]
     assert manifest["anchor_lists"]["reuse_gaps"] == manifest["cached_steps"]["reuse_gaps"]
     assert "velocity rel. MSE, predictor" in (tmp_path / "rep" / "schedule_search.md").read_text()
-    # the choice was made on DisCa runs over the even and warm-up lists of 3 anchors: the stored gaps score at
-    # least as well there as the one-step choice it started from (the first trial)
-    record = out["cached_steps"]
+    assert out["cached_steps"]["chosen_on"] == "one-step" and "trials" not in out["cached_steps"]
+
+    # --on-runs: the choice redone on DisCa runs over the searched list of 3 anchors (the budget the bench spans
+    # below 4 steps); the stored gaps score at least as well there as the one-step choice it started from
+    result = invoke(export_cli, [*args, "--on-runs", "--report", tmp_path / "rep3", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    record, lists = out["cached_steps"], [out["curve"][2]["anchors"]]
+    assert Bundle.open(bundle_copy).manifest["cached_steps"] == record
     assert record["chosen_on"] == "runs" and record["trials"][0]["estimate"] == "one-step choice"
     b = Bundle.open(bundle_copy)
     cal = calibration_set(b, read_prompts(prompt_file), n=2)
     with OnnxRuntimeBackend(b) as backend:
         ref = sample_all(backend, cal, steps=4, shift=b.schedule.shift)
         kw = dict(steps=4, shift=b.schedule.shift, reuse_gaps=record["reuse_gaps"], taylor_gaps=record["taylor_gaps"])
-        chosen = np.mean([psnr(sample_all(backend, cal, anchors=a, **kw), ref) for a in probe_lists(4, [3])])
-    assert chosen == pytest.approx(max(t["psnr_db"] for t in record["trials"]), abs=2e-3)
-    assert chosen >= record["trials"][0]["psnr_db"] - 1e-3
-    # and the training-free control's (TaylorSeer-1 off its reuse gaps), the same way
-    dbs = []
-    with OnnxRuntimeBackend(b) as backend:
-        for anchors in probe_lists(4, [3]):
+        chosen = np.mean([psnr(sample_all(backend, cal, anchors=a, **kw), ref) for a in lists])
+        # and the training-free control's (TaylorSeer-1 off its reuse gaps), the same way
+        dbs = []
+        for anchors in lists:
             out = np.empty_like(ref)
             for idx, latents, texts in cal.batches():
                 policy = make_policy("taylorseer1-gaps", anchors, forecast_reuse_gaps=record["forecast_reuse_gaps"])
                 out[idx] = denoise(backend, latents, texts, steps=4, shift=b.schedule.shift, policy=policy)[0]
             dbs.append(psnr(out, ref))
-    control = np.mean(dbs)
-    assert control == pytest.approx(max(t["psnr_db"] for t in record["forecast_trials"]), abs=2e-3)
-    one_step = invoke(export_cli, [*args, "--one-step", "--gaps-only", "--no-write", "--json"])
-    assert json.loads(one_step.stdout)["chosen_on"] == "one-step", one_step.output
+    assert chosen == pytest.approx(max(t["psnr_db"] for t in record["trials"]), abs=2e-3)
+    assert chosen >= record["trials"][0]["psnr_db"] - 1e-3
+    assert np.mean(dbs) == pytest.approx(max(t["psnr_db"] for t in record["forecast_trials"]), abs=2e-3)
+    # with --gaps-only, over the lists the bundle stores; without stored lists for these steps: one line
+    gaps_only = invoke(export_cli, [*args, "--on-runs", "--gaps-only", "--no-write", "--json"])
+    assert json.loads(gaps_only.stdout)["trials"] == record["trials"], gaps_only.output
+    line = error_line(invoke(export_cli, [*args[:3], "3", *args[4:], "--on-runs", "--gaps-only", "--no-write"]))
+    assert "needs the bundle's searched lists for 3 steps" in line
 
     # The runtime runs whatever the manifest says: here, reuse on one-step gaps.
     manifest["cached_steps"]["reuse_gaps"] = [1]

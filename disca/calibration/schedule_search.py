@@ -54,18 +54,6 @@ def warmup_anchors(steps: int, k: int) -> list[int]:
     return sorted({0, *(int(round(x)) for x in np.linspace(1, steps - 1, k - 1))})
 
 
-def probe_lists(steps: int, ks) -> list[list[int]]:
-    """The even and warm-up lists of every budget in `ks` (2 <= K < steps), without repeats: the lists the
-    local search starts from, before any search."""
-    out = []
-    for k in ks:
-        if 2 <= k < steps:
-            for a in (uniform_anchors(steps, k), warmup_anchors(steps, k)):
-                if a not in out:
-                    out.append(a)
-    return out
-
-
 def refine(quality, curve: list[Point], *, steps: int, ks, rounds: int = 3, log=lambda msg: None) -> list[Point]:
     """For each budget in `ks`: the best of the curve's list, even spacing and `warmup_anchors`, then up to
     `rounds` local moves (the one-anchor, one-step shift that improves most). -> the curve with the
@@ -100,21 +88,11 @@ def refine(quality, curve: list[Point], *, steps: int, ks, rounds: int = 3, log=
 
 
 def greedy_curve(
-    backend,
-    cal: CalibrationSet,
-    *,
-    steps: int,
-    shift: float,
-    reuse_gaps=(),
-    log=lambda msg: None,
-    taylor_gaps=(),
-    reference=None,
+    backend, cal: CalibrationSet, *, steps: int, shift: float, reuse_gaps=(), log=lambda msg: None, taylor_gaps=()
 ):
     """-> (all-full reference latents, [Point for k = 1..steps]) along the greedy path (DisCa runs with
-    `reuse_gaps` and `taylor_gaps`, as the runtime will run them); `reference`: the all-full latents when
-    already sampled."""
-    if reference is None:
-        reference = sample_all(backend, cal, steps=steps, shift=shift)
+    `reuse_gaps` and `taylor_gaps`, as the runtime will run them)."""
+    reference = sample_all(backend, cal, steps=steps, shift=shift)
     quality = disca_quality(
         backend, cal, reference, steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
     )

@@ -117,6 +117,27 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
         )
 
 
+def _choose_on_runs(backend, cal, ref, errors, lists, *, steps, shift, log) -> dict:
+    """The `cached_steps` record with the per-gap choice made on DisCa runs over `lists` (`gaps.choose_on_runs`),
+    for DisCa and for its training-free control (TaylorSeer-1 or reuse)."""
+    from disca.calibration import gaps
+    from disca.calibration.dataset import sample_all
+    from disca.metrics import psnr
+
+    def quality(anchors, reuse_gaps, taylor_gaps):
+        kw = dict(steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
+        return psnr(sample_all(backend, cal, anchors=anchors, **kw), ref)
+
+    log(f"the same choice on DisCa runs over {len(lists)} searched lists...")
+    choice, trials = gaps.choose_on_runs(quality, errors, lists, steps=steps, log=log)
+    log("the training-free control's choice (TaylorSeer-1 or reuse), the same way...")
+    control = gaps.choose_on_runs(quality, errors, lists, steps=steps, options=("reuse", "taylor"), log=log)
+    log(f"  reuse the cache at gaps {gaps.gaps_of(choice, 'reuse') or 'none'}")
+    log(f"  TaylorSeer-1 through the head at gaps {gaps.gaps_of(choice, 'taylor') or 'none'}")
+    record = dict(steps=steps, shift=shift, samples=len(cal), choice=choice, trials=trials, control=control)
+    return gaps.cached_steps_record(errors, **record)
+
+
 @click.command("schedule")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
@@ -136,9 +157,10 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
     help="Only the per-gap calibration (predictor, reuse or TaylorSeer-1); keep the stored anchor lists.",
 )
 @click.option(
-    "--one-step",
+    "--on-runs",
     is_flag=True,
-    help="Make the per-gap choice from one-step errors alone (faster), not on sampled DisCa runs.",
+    help="Then redo the per-gap choice on DisCa runs over the searched lists (with --gaps-only: the bundle's "
+    "stored lists); wants many samples (64: on 16 it did not carry over to other clips).",
 )
 @click.option(
     "--rounds",
@@ -152,20 +174,20 @@ def teacache_cmd(bundle, prompts, samples, degree, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
 def schedule_cmd(
-    bundle, steps, k, prompts, samples, predictor_only, gaps_only, one_step, rounds, report_dir, no_write, as_json
+    bundle, steps, k, prompts, samples, predictor_only, gaps_only, on_runs, rounds, report_dir, no_write, as_json
 ):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
 
     First, gap by gap (steps since the last anchor), which of the predictor, the plain cache through the
     head (reuse) and TaylorSeer-1's forecast through the head comes closer to the full DiT's velocity on
-    the calibration runs, then, from that choice, gap by gap, which of them brings DisCa runs over the
-    even and warm-up lists closer to all-full (`cached_steps` in the manifest; --one-step skips the runs).
+    the calibration runs (`cached_steps` in the manifest).
     Then greedy forward selection over real DisCa runs (step 0 always an anchor), then, for the
     benchmark's budgets, a local search from the best of the greedy, even and warm-up lists (`--rounds`).
     Stores the searched list of every K in the manifest (`anchor_lists`: what `disca-run --anchors K` and
     `disca-bench` use), with --anchors K also as the default schedule, and writes the quality-vs-anchors
-    curve as a table, JSON and PNG plot, compared with the official and uniform lists.
+    curve as a table, JSON and PNG plot, compared with the official and uniform lists. With --on-runs, the
+    per-gap choice is then redone on DisCa runs over the searched lists (the lists stay as searched).
     """
     from disca.benchmark import BENCH_BUDGETS
     from disca.calibration import gaps
@@ -176,10 +198,8 @@ def schedule_cmd(
         greedy_curve,
         markdown_table,
         plot_curve,
-        probe_lists,
         refine,
     )
-    from disca.metrics import psnr
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     b = Bundle.open(bundle) if no_write else open_to_change(bundle)
@@ -203,34 +223,31 @@ def schedule_cmd(
         from disca.task import score
 
         adherence = lambda out: round(score(np.clip(out, -1, 1), cal.prompts)["all"], 4)  # noqa: E731
-    cached_steps = ref = None
+    cached_steps = None
     # every budget the bench spans (3..14 of 20), not only its own: `disca-run --anchors K` gets a refined list
     budgets = sorted({*range(min(BENCH_BUDGETS), max(BENCH_BUDGETS) + 1), *([k] if k else [])})
     with OnnxRuntimeBackend(b) as backend:
         if not predictor_only:
             console.print(f"predictor vs reuse vs TaylorSeer-1, gap by gap, on {len(cal)} all-full runs...")
             errors = gaps.gap_errors(backend, cal, steps=steps, shift=shift)
-            choice = trials = control = None
-            probe = probe_lists(steps, budgets)
-            if probe and not one_step:
-                console.print(f"the same choice on DisCa runs over {len(probe)} even and warm-up lists...")
-                ref = sample_all(backend, cal, steps=steps, shift=shift)
-
-                def run_quality(anchors, reuse_gaps, taylor_gaps):
-                    kw = dict(steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps)
-                    return psnr(sample_all(backend, cal, anchors=anchors, **kw), ref)
-
-                choice, trials = gaps.choose_on_runs(run_quality, errors, probe, steps=steps, log=console.print)
-                console.print("the training-free control's choice (TaylorSeer-1 or reuse), the same way...")
-                control = gaps.choose_on_runs(
-                    run_quality, errors, probe, steps=steps, options=("reuse", "taylor"), log=console.print
-                )
-            cached_steps = gaps.cached_steps_record(
-                errors, steps=steps, shift=shift, samples=len(cal), choice=choice, trials=trials, control=control
-            )
+            cached_steps = gaps.cached_steps_record(errors, steps=steps, shift=shift, samples=len(cal))
             console.print(f"  reuse the cache at gaps {cached_steps['reuse_gaps'] or 'none'}")
             console.print(f"  TaylorSeer-1 through the head at gaps {cached_steps['taylor_gaps'] or 'none'}")
             if gaps_only:
+                if on_runs:
+                    stored = b.manifest.get("anchor_lists") or {}
+                    lists = [
+                        stored["lists"][str(x)] for x in budgets if 2 <= x < steps and str(x) in stored.get("lists", {})
+                    ]
+                    if stored.get("steps") != steps or not lists:
+                        raise click.UsageError(
+                            f"--on-runs with --gaps-only needs the bundle's searched lists for {steps} steps: run "
+                            "`disca-export schedule` without --gaps-only"
+                        )
+                    ref = sample_all(backend, cal, steps=steps, shift=shift)
+                    cached_steps = _choose_on_runs(
+                        backend, cal, ref, errors, lists, steps=steps, shift=shift, log=console.print
+                    )
                 if not no_write:
                     from disca.engines import write_manifest
 
@@ -242,14 +259,7 @@ def schedule_cmd(
         taylor_gaps = cached_steps["taylor_gaps"] if cached_steps else []
         console.print(f"greedy search over {steps} steps, {len(cal)} samples per run...")
         ref, curve = greedy_curve(
-            backend,
-            cal,
-            steps=steps,
-            shift=shift,
-            reuse_gaps=reuse_gaps,
-            log=console.print,
-            taylor_gaps=taylor_gaps,
-            reference=ref,
+            backend, cal, steps=steps, shift=shift, reuse_gaps=reuse_gaps, log=console.print, taylor_gaps=taylor_gaps
         )
         if rounds:
             console.print(f"local search around the best lists, {rounds} rounds per budget...")
@@ -257,6 +267,11 @@ def schedule_cmd(
                 backend, cal, ref, steps=steps, shift=shift, reuse_gaps=reuse_gaps, taylor_gaps=taylor_gaps
             )
             curve = refine(quality, curve, steps=steps, ks=budgets, rounds=rounds, log=console.print)
+        if on_runs and cached_steps:
+            lists = [curve[x - 1].anchors for x in budgets if 2 <= x < steps]
+            cached_steps = _choose_on_runs(
+                backend, cal, ref, errors, lists, steps=steps, shift=shift, log=console.print
+            )
         ks = sorted({*([k] if k else []), *(x for x in (6, 8, 10) if x < steps)})
         rows = compare(
             backend,
@@ -266,9 +281,9 @@ def schedule_cmd(
             steps=steps,
             shift=shift,
             ks=ks,
-            reuse_gaps=reuse_gaps,
+            reuse_gaps=cached_steps["reuse_gaps"] if cached_steps else [],
             adherence=adherence,
-            taylor_gaps=taylor_gaps,
+            taylor_gaps=cached_steps["taylor_gaps"] if cached_steps else [],
         )
     chosen = curve[k - 1].anchors if k else None
     report_dir.mkdir(parents=True, exist_ok=True)
