@@ -30,12 +30,13 @@ def test_disca_run_without_bundle_uses_the_demo(tmp_path):
     result = CliRunner().invoke(run_cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)
-    # the default 8 anchors of 20; a cached step reuses the cache through the head on the calibrated reuse gaps
+    # the default 8 anchors of 20; a cached step runs the head instead of the predictor on the calibrated gaps
     manifest = Bundle.open(demo_bundle()).manifest
-    anchors, reuse = manifest["schedule"]["anchors"], manifest["cached_steps"]["reuse_gaps"]
+    anchors, record = manifest["schedule"]["anchors"], manifest["cached_steps"]
+    on_head = {*record["reuse_gaps"], *record["taylor_gaps"]}
     gaps = [s - max(a for a in anchors if a < s) for s in range(20) if s not in anchors]
-    head = sum(g in reuse for g in gaps)
-    assert len(anchors) == 8 and 0 < head < 12  # the shipped demo: gap 4 (step 12) is a reuse gap
+    head = sum(g in on_head for g in gaps)
+    assert len(anchors) == 8 and head < 12  # the shipped demo: gaps of at most 3, all on the predictor
     calls = [stats[k] for k in ("full_calls", "predictor_calls", "head_calls", "cached_calls")]
     assert calls == [8, 12 - head, head, 12]
     assert out.stat().st_size > 0
