@@ -168,3 +168,28 @@ def test_torch_cuda_backend_matches_cpu(tiny_bundle):
         outs.append(out)
     rel = np.linalg.norm(outs[1] - outs[0]) / np.linalg.norm(outs[0])
     assert rel < 1e-3  # TF32 may be on for CUDA matmuls
+
+
+def test_onnxruntime_runs_the_per_token_graphs_on_one_thread_with_the_same_numbers(tiny_bundle):
+    """The head (and a predictor without blocks: the demo's) get `light_threads` intra-op threads, the rest
+    `threads`; the thread count changes the time of a call, not its output."""
+    from disca.runtime.pipeline import DEMO_BUNDLE
+
+    def threads(be):
+        return {g: s.get_session_options().intra_op_num_threads for g, s in be.sessions.items()}
+
+    with get_backend("onnxruntime", Bundle.open(tiny_bundle)) as be:  # tiny preset: a predictor with a block
+        assert threads(be)["head"] == 1 and threads(be)["predictor"] == threads(be)["full"] == 0
+    demo = Bundle.open(DEMO_BUNDLE)
+    dims = {**DIMS, "batch": 1, "frames": 4, "height": 8, "width": 8}  # the demo's patch is 2x4x4
+    feeds = dummy_inputs(demo.specs["full"], dims, demo.patch, seed=4)
+    out = {}
+    for light in (1, None):
+        with get_backend("onnxruntime", demo, light_threads=light) as be:
+            assert threads(be)["predictor"] == threads(be)["head"] == (light or 0)
+            _, cache = be.full(*feeds.values())
+            out[light] = (be.predict(*feeds.values(), cache), be.head(*feeds.values(), cache))
+    for a, b in zip(out[1], out[None]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="light_threads"):
+        get_backend("onnxruntime", demo, light_threads=0)

@@ -97,6 +97,12 @@ def provider_options(providers: list[str], bundle, graph: str, device_id: int = 
     return out
 
 
+def _predictor_depth(bundle) -> int:
+    """Blocks in the bundle's predictor (adapted models may declare none: counted as a trunk slice)."""
+    depth = (bundle.manifest["model"].get("predictor") or {}).get("depth", 1)
+    return depth if isinstance(depth, int) else 1
+
+
 def placement(session) -> dict[str, collections.Counter]:
     """{provider: Counter(op type)} of a session's nodes (needs `session.record_ep_graph_assignment_info`)."""
     placed = collections.defaultdict(collections.Counter)
@@ -136,12 +142,14 @@ class OnnxRuntimeBackend(Backend):
         precision: str = "fp32",
         spinning: bool = False,
         device_id: int = 0,
+        light_threads: int | None = 1,
     ):
         super().__init__(bundle)
         if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
             raise DiscaError(f"providers must be a list of names (cpu, cuda, tensorrt), got {providers!r}")
         self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
         self.threads = None if threads is None else positive_int("threads", threads)  # 0 is not "all cores"
+        self.light_threads = None if light_threads is None else positive_int("light_threads", light_threads)
         self.precision = precision
         self.spinning = spinning
         self.device_id = device_id
@@ -160,17 +168,27 @@ class OnnxRuntimeBackend(Backend):
                     f"ONNX Runtime provider {p} is not available here (available: {', '.join(available)}); "
                     "for CUDA/TensorRT: pip uninstall onnxruntime && pip install 'disca[gpu]'"
                 )
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        opts.log_severity_level = 3
-        # The two sessions have a thread pool each and run alternately: a pool that spin-waits after its call
-        # steals the cores from the other one (measured on 2 cores: full step 121 ms with spinning vs 65 ms without).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
-        # Where each node runs, to catch a node-level fallback to the CPU (ORT logs it at most).
         can_report = hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")  # onnxruntime >= 1.23
-        if can_report:
-            opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+
+        def options(threads):
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            # The sessions have a thread pool each and run alternately: a pool that spin-waits after its call
+            # steals the cores from the other one (measured on 2 cores: full step 121 ms with spinning vs 65 ms
+            # without).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+            # Where each node runs, to catch a node-level fallback to the CPU (ORT logs it at most).
+            if can_report:
+                opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+            return opts
+
+        # The per-token graphs (a predictor without blocks, the head, DBCache's tail) take well under a millisecond
+        # on the CPU, where waking a second pool thread costs more than it saves: one thread runs them ~20% faster
+        # on 2 cores (scripts/bench_graphs.py). A predictor with blocks is a slice of the trunk: all threads.
+        light = {"head", "tail"} | ({"predictor"} if _predictor_depth(self.bundle) == 0 else set())
+        opts, light_opts = options(self.threads), options(self.light_threads or self.threads)
         self.sessions = {}
         if "TensorrtExecutionProvider" in self.providers:
             try:
@@ -191,7 +209,9 @@ class OnnxRuntimeBackend(Backend):
             path = self.bundle.graph_path(graph, self.precision)
             try:
                 providers = provider_options(self.providers, self.bundle, graph, self.device_id)
-                session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                session = ort.InferenceSession(
+                    str(path), sess_options=light_opts if graph in light else opts, providers=providers
+                )
             except Exception as e:  # ORT raises its own exception types for unreadable models
                 raise DiscaError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
             # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: fail loudly instead.
