@@ -74,7 +74,8 @@ def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
     """Every policy on every clip, clip by clip: each clip runs all policies in turn, so a slow spell on
     a shared machine costs every policy alike; and clip i starts the turn at policy i (mod the count), so
     that no policy always runs at the same place in the turn (with a fixed order, `disca` ran 1-4 ms a clip
-    slower than `disca-predictor` right after it, on the same graph calls, at 8 of 12 budgets). -> [(outputs (n, ...), ms per clip, passes {graph: count per clip})], one per factory."""
+    slower than `disca-predictor` right after it, on the same graph calls, at 8 of 12 budgets).
+    -> [(outputs (n, ...), ms per clip, passes {graph: count per clip})], one per factory."""
     outs = [[] for _ in factories]
     ms, passes = [0.0] * len(factories), [{} for _ in factories]
     for factory in factories:  # unmeasured: the first calls of a graph pay for its setup

@@ -40,7 +40,9 @@ from disca.manifest import MAX_STEPS
 @click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS))
 @click.option("--guidance", default=4.0, show_default=True, type=FiniteFloat(min=0))
 @click.option("--backend", default="onnxruntime", show_default=True)
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
+@click.option(
+    "--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (the per-token graphs run on one)."
+)
 @click.option("--out", "out_dir", default="bench-report", show_default=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @clean_errors

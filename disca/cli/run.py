@@ -58,7 +58,12 @@ from disca.runtime.video import check_path, write
     show_default=True,
     help="ONNX Runtime execution providers, in order: cpu, cuda, tensorrt (comma-separated).",
 )
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="ONNX Runtime intra-op threads (default: all cores; the per-token graphs, the head and a block-free "
+    "predictor, run on one).",
+)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "fp8"]),

@@ -22,7 +22,11 @@ from disca.runtime.backends import BACKENDS
     help="Graph variant (onnxruntime, default fp32) or engine precision (tensorrt, default fp16).",
 )
 @click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers: cpu, cuda, tensorrt.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: all cores).")
+@click.option(
+    "--threads",
+    type=int,
+    help="ONNX Runtime intra-op threads per instance (default: all cores; the per-token graphs run on one).",
+)
 @click.option("--device", default="cpu", show_default=True, help="torch / tensorrt device: cpu, cuda, cuda:1.")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1), help="Model instances.")
 @click.option("--max-batch", type=click.IntRange(1), help="Requests per Triton batch (default: the bundle's max).")
