@@ -16,7 +16,7 @@ from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
 from disca.errors import DiscaError, ScheduleError
 from disca.models.graphs import FirstBlockGraph, FullGraph, HeadGraph, RestGraph, TailGraph
-from disca.runtime import Pipeline
+from disca.runtime import DiscaPolicy, FullPolicy, Pipeline
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 from disca.runtime.backends.torch_backend import TorchBackend
 from disca.runtime.sampler import denoise
@@ -166,6 +166,23 @@ def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
     report["rows"].append({**rows[-1], "psnr_db": 1.0})  # two runs at the same speedup still plot
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_benchmark_rotated_order_keeps_each_policys_outputs(tiny_bundle):
+    """Clip i starts the turn at policy i: every row still holds its own policy's outputs, clip by clip (the
+    outputs are deterministic, so each equals a run of that policy alone)."""
+    from disca.benchmark import _run_all
+
+    b = Bundle.open(tiny_bundle)
+    cal = calibration_set(b, ["a red circle", "a blue square"], n=3)
+    factories = [FullPolicy, lambda: DiscaPolicy([0, 3]), lambda: ReusePolicy([0, 2, 4])]
+    with OnnxRuntimeBackend(b) as be:
+        results = _run_all(be, cal, factories, 6, 3.0, log=lambda m: None)
+        for (outs, _ms, _passes), factory in zip(results, factories):
+            for i in range(len(cal)):
+                alone, _ = denoise(be, cal.noise[i : i + 1], cal.texts[i][None], steps=6, shift=3.0, policy=factory())
+                np.testing.assert_array_equal(outs[i], alone[0])
+    assert [p["full"] for _, _, p in results] == [6, 2, 3]
 
 
 def test_bench_cli_errors(tiny_bundle):
