@@ -9,6 +9,9 @@ when its bundle is given.
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 
 from disca.bundle import Bundle
@@ -75,9 +78,9 @@ def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
     a shared machine costs every policy alike; and clip i starts the turn at policy i (mod the count), so
     that no policy always runs at the same place in the turn (with a fixed order, `disca` ran 1-4 ms a clip
     slower than `disca-predictor` right after it, on the same graph calls, at 8 of 12 budgets).
-    -> [(outputs (n, ...), ms per clip, passes {graph: count per clip})], one per factory."""
-    outs = [[] for _ in factories]
-    ms, passes = [0.0] * len(factories), [{} for _ in factories]
+    -> [(outputs (n, ...), ms of each clip (n,), passes {graph: count per clip})], one per factory."""
+    outs, ms = [[] for _ in factories], [[] for _ in factories]
+    passes = [{} for _ in factories]
     for factory in factories:  # unmeasured: the first calls of a graph pay for its setup
         denoise(backend, cal.noise[:1], cal.texts[0][None], steps=steps, shift=shift, policy=factory())
     for i in range(len(cal)):
@@ -87,14 +90,14 @@ def _run_all(backend, cal: CalibrationSet, factories: list, steps, shift, log):
                 backend, cal.noise[i : i + 1], cal.texts[i][None], steps=steps, shift=shift, policy=factory()
             )
             outs[j].append(out[0])
-            ms[j] += stats.total_ms
+            ms[j].append(stats.total_ms)
             passes[j].setdefault("full", 0)
             for g, (c, _) in stats.graphs.items():  # `first`: partial passes, embedders + block 0
                 passes[j][g] = passes[j].get(g, 0) + c
         if (i + 1) % 8 == 0 or i + 1 == len(cal):
             log(f"  {i + 1}/{len(cal)} clips")
     n = len(cal)
-    return [(np.stack(o), t / n, {g: c / n for g, c in p.items()}) for o, t, p in zip(outs, ms, passes)]
+    return [(np.stack(o), np.array(t), {g: c / n for g, c in p.items()}) for o, t, p in zip(outs, ms, passes)]
 
 
 def run_benchmark(
@@ -166,12 +169,18 @@ def run_benchmark(
     log(f"{len(runs)} runs (the all-full reference first) on each of {len(cal)} clips x {steps} steps")
     with get_backend(backend, bundle, **(backend_options or {})) as b:
         results = _run_all(b, cal, [factory for _, _, factory in runs], steps, shift, log)
-    ref, full_ms = results[0][0], results[0][1]
+    ref, full_ms = results[0][0], float(results[0][1].mean())
     rows = []
-    for (name, setting, _), (outs, ms, passes) in zip(runs, results):
+    for (name, setting, _), (outs, clip_ms, passes) in zip(runs, results):
+        ms = float(clip_ms.mean())
         row = {"policy": name, **setting, "ms_per_clip": ms, "passes": passes}
         if name != "full":
             row["psnr_db"], row["ssim"] = round(psnr(outs, ref), 3), round(ssim(outs, ref), 4)
+        # per clip, for the margins' intervals (`margin_intervals`): time, and squared error against all-full
+        row["clip_ms"] = [round(float(t), 3) for t in clip_ms]
+        if name != "full":
+            err = (np.asarray(outs, np.float64) - np.asarray(ref, np.float64)) ** 2
+            row["clip_mse"] = [float(f"{e:.6g}") for e in err.reshape(len(err), -1).mean(axis=1)]
         if task:
             row["adherence"] = adherence(outs)
         rows.append(row)
@@ -210,6 +219,13 @@ def run_benchmark(
         for row in rows:
             row["speedup_vs_teacher"] = round(teacher_row["ms_per_clip"] / row["ms_per_clip"], 3)
     return report
+
+
+def report_json(report: dict) -> str:
+    """The report as indented JSON with each list of numbers on one line (the per-clip records would
+    otherwise take a line per number)."""
+    text = json.dumps(report, indent=2)
+    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 def markdown(report: dict) -> str:
@@ -254,18 +270,71 @@ def margins(report: dict, speeds=MARGIN_SPEEDS) -> list[dict]:
     return out
 
 
+def margin_intervals(
+    report: dict, speeds=MARGIN_SPEEDS, draws: int = 2000, level: float = 0.9, target_db: float = 1.0, seed: int = 0
+) -> list[dict] | None:
+    """How much of each margin is the clip set's luck: the clips drawn again with replacement `draws` times
+    (a bootstrap), each draw's speedups and PSNRs recomputed from the per-clip times and squared errors, and
+    `margins` redone on it, so a row can fall out of a speed bin as well as lose dB.
+    -> [{speedup, low, high, chance_target}] per speed: the central `level` interval of the margin (dB) and
+    the share of draws where DisCa leads by `target_db` or more; None for a report without per-clip records."""
+    rows = [r for r in report["rows"] if r["policy"] != "full"]
+    full = next((r for r in report["rows"] if r["policy"] == "full"), None)
+    per_clip = full is not None and "clip_ms" in full and all("clip_mse" in r and "clip_ms" in r for r in rows)
+    if not rows or not per_clip:
+        return None
+    full_ms = np.asarray(full["clip_ms"], np.float64)
+    ms = np.asarray([r["clip_ms"] for r in rows], np.float64)  # (rows, clips)
+    mse = np.asarray([r["clip_mse"] for r in rows], np.float64)
+    ours = np.array([r["policy"].startswith("disca") for r in rows])
+    rng = np.random.default_rng(seed)
+    margin = np.full((draws, len(speeds)), np.nan)
+    for start in range(0, draws, 250):  # in chunks: (rows, draws, clips) at once would be large
+        idx = rng.integers(0, len(full_ms), (min(250, draws - start), len(full_ms)))
+        speed = full_ms[idx].mean(axis=1)[:, None] / ms[:, idx].mean(axis=2).T  # (draws, rows)
+        with np.errstate(divide="ignore"):
+            db = 10 * np.log10(4.0 / mse[:, idx].mean(axis=2).T)  # psnr's data range 2: peak^2 = 4
+        for j, s in enumerate(speeds):
+            fast = speed >= s
+            best_ours = np.where(fast & ours, db, -np.inf).max(axis=1)
+            best_theirs = np.where(fast & ~ours, db, -np.inf).max(axis=1)
+            ok = np.isfinite(best_ours) & np.isfinite(best_theirs)
+            margin[start : start + len(idx), j] = np.where(ok, best_ours - best_theirs, np.nan)
+    out = []
+    for j, s in enumerate(speeds):
+        m = margin[:, j][~np.isnan(margin[:, j])]
+        if len(m) < draws / 2:  # in most draws no row of one family is this fast
+            out.append({"speedup": s, "low": None, "high": None, "chance_target": None})
+            continue
+        low, high = np.percentile(m, [50 * (1 - level), 50 * (1 + level)])
+        chance = float(np.mean(margin[:, j] >= target_db))  # a draw without a row this fast does not count as met
+        out.append({"speedup": s, "low": round(float(low), 2), "high": round(float(high), 2), "chance_target": chance})
+    return out
+
+
 def margins_markdown(report: dict) -> str:
     def cell(r):
         if r is None:
             return "none this fast"
         return f"{r['psnr_db']:.2f} ({r['policy']}, {_setting(r)}, {r['speedup_vs_full']:.2f}x)"
 
-    lines = ["| speedup >= | best DisCa | best training-free | margin (dB) |", "|---|---|---|---|"]
-    for m in margins(report):
+    intervals = margin_intervals(report)
+    head = "| speedup >= | best DisCa | best training-free | margin (dB) |"
+    if intervals is None:
+        lines = [head, "|---|---|---|---|"]
+    else:
+        lines = [head + " 90% interval, clips resampled | chance of >= 1 dB |", "|---|---|---|---|---|---|"]
+    for i, m in enumerate(margins(report)):
         if m["disca"] is None and m["training_free"] is None:
             continue
         margin = f"{m['margin_db']:+.2f}" if m["margin_db"] is not None else ""
-        lines.append(f"| {m['speedup']:.1f}x | {cell(m['disca'])} | {cell(m['training_free'])} | {margin} |")
+        line = f"| {m['speedup']:.1f}x | {cell(m['disca'])} | {cell(m['training_free'])} | {margin} |"
+        if intervals is not None:
+            iv = intervals[i]
+            spread = f"{iv['low']:+.2f} to {iv['high']:+.2f}" if iv["low"] is not None else ""
+            chance = f"{100 * iv['chance_target']:.0f}%" if iv["chance_target"] is not None else ""
+            line += f" {spread} | {chance} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

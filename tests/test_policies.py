@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from disca.benchmark import margins, markdown, plot, run_benchmark
+from disca.benchmark import margin_intervals, margins, margins_markdown, markdown, plot, report_json, run_benchmark
 from disca.bundle import Bundle
 from disca.calibration.dataset import calibration_set
 from disca.calibration.teacache import change_pairs, fit_teacache
@@ -162,10 +162,51 @@ def test_benchmark_rows_tables_and_plot(tiny_bundle, tmp_path):
         best = max(r["psnr_db"] for r in fast if r["policy"] != "disca")
         assert m["training_free"]["psnr_db"] == best and m["disca"]["policy"] == "disca"
         assert m["margin_db"] == round(m["disca"]["psnr_db"] - best, 2)
-    assert "| speedup >= | best DisCa | best training-free | margin (dB) |" in markdown(report)
+    assert "| speedup >= | best DisCa | best training-free | margin (dB) | 90% interval" in markdown(report)
+    # the per-clip records behind the margins' intervals give back each row's figures
+    for r in rows:
+        assert len(r["clip_ms"]) == len(cal) and np.mean(r["clip_ms"]) == pytest.approx(r["ms_per_clip"], abs=1e-3)
+        if r["policy"] != "full":
+            assert 10 * np.log10(4 / np.mean(r["clip_mse"])) == pytest.approx(r["psnr_db"], abs=2e-3)
+    text = report_json(report)  # bench.json: the same report, each number list on one line
+    assert json.loads(text) == report and f'"clip_ms": {json.dumps(rows[0]["clip_ms"])}' in text
     report["rows"].append({**rows[-1], "psnr_db": 1.0})  # two runs at the same speedup still plot
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def _row(policy, clip_ms, clip_mse=None, full_ms=10.0):
+    row = {"policy": policy, "anchors": 8, "clip_ms": clip_ms, "ms_per_clip": float(np.mean(clip_ms))}
+    row["speedup_vs_full"] = round(full_ms / row["ms_per_clip"], 3)
+    if clip_mse is not None:
+        row |= {"clip_mse": clip_mse, "psnr_db": round(10 * np.log10(4 / np.mean(clip_mse)), 3)}
+    return row
+
+
+def test_margin_intervals_resample_the_clips():
+    """The bootstrap of `margins`: identical clips leave nothing to resample (the interval is the margin
+    itself); clips that differ spread it around the margin; a row too slow for a speed never counts there."""
+    full = _row("full", [10.0] * 4)
+    same = {"rows": [full, _row("disca", [5.0] * 4, [1e-3] * 4), _row("reuse", [4.0] * 4, [4e-3] * 4)]}
+    (point_14, point_22), (iv_14, iv_22) = margins(same, speeds=(1.4, 2.2)), margin_intervals(same, speeds=(1.4, 2.2))
+    assert point_14["margin_db"] == pytest.approx(6.02, abs=0.01) and point_22["disca"] is None
+    assert iv_14["low"] == iv_14["high"] == pytest.approx(point_14["margin_db"], abs=0.01)
+    assert iv_14["chance_target"] == 1.0 and iv_22 == {"speedup": 2.2, "low": None, "high": None, "chance_target": None}
+    # one clip of four worse for DisCa: the draws that repeat it lead by less than 1 dB (about a quarter of
+    # them: two or more copies), those without it by more
+    varied = {"rows": [full, _row("disca", [5.0] * 4, [1e-3, 1e-3, 1e-3, 6e-3]), _row("reuse", [4.0] * 4, [4e-3] * 4)]}
+    point, iv = margins(varied, speeds=(1.4,))[0], margin_intervals(varied, speeds=(1.4,))[0]
+    assert iv["low"] < 1 < point["margin_db"] < iv["high"] and 0.65 < iv["chance_target"] < 0.85
+    assert margin_intervals(varied, speeds=(1.4,), seed=3) == margin_intervals(varied, speeds=(1.4,), seed=3)
+    # times resampled too: a row exactly as fast as the bin on average (4 and 6 ms clips, 2.0x) is in it in
+    # the draws with at most two 6 ms clips of four, 11/16 of them
+    timed = {"rows": [full, _row("disca", [4.0, 6.0, 4.0, 6.0], [1e-3] * 4), _row("reuse", [4.0] * 4, [4e-3] * 4)]}
+    assert margin_intervals(timed, speeds=(2.0,))[0]["chance_target"] == pytest.approx(11 / 16, abs=0.04)
+    # a report without per-clip records (older bench.json): no intervals, the table as before
+    for r in same["rows"]:
+        del r["clip_ms"]
+    assert margin_intervals(same) is None
+    assert "| margin (dB) |\n|---|---|---|---|\n" in margins_markdown(same)
 
 
 def test_benchmark_rotated_order_keeps_each_policys_outputs(tiny_bundle):
@@ -178,7 +219,8 @@ def test_benchmark_rotated_order_keeps_each_policys_outputs(tiny_bundle):
     factories = [FullPolicy, lambda: DiscaPolicy([0, 3]), lambda: ReusePolicy([0, 2, 4])]
     with OnnxRuntimeBackend(b) as be:
         results = _run_all(be, cal, factories, 6, 3.0, log=lambda m: None)
-        for (outs, _ms, _passes), factory in zip(results, factories):
+        for (outs, clip_ms, _passes), factory in zip(results, factories):
+            assert clip_ms.shape == (len(cal),) and (clip_ms > 0).all()
             for i in range(len(cal)):
                 alone, _ = denoise(be, cal.noise[i : i + 1], cal.texts[i][None], steps=6, shift=3.0, policy=factory())
                 np.testing.assert_array_equal(outs[i], alone[0])

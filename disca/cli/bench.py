@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def main(
       disca-bench bundles/student --anchors 10,8,6 --prompts prompts.txt --teacher bundles/teacher  # needs bundles
     """
     from disca._atomic import check_writable
-    from disca.benchmark import BENCH_SEED, markdown, plot, run_benchmark
+    from disca.benchmark import BENCH_SEED, markdown, plot, report_json, run_benchmark
     from disca.bundle import Bundle
     from disca.calibration.dataset import calibration_set, read_prompts
     from disca.runtime import demo_bundle
@@ -122,11 +121,11 @@ def main(
         log=console.print,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "bench.json").write_text(report_json(report))
     (out_dir / "bench.md").write_text(markdown(report) + "\n")
     plot(report, out_dir / "bench.png")
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(report_json(report))
     else:
         click.echo(markdown(report))
         click.echo(f"report in {out_dir}/ (bench.md, bench.json, bench.png)")
