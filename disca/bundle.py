@@ -152,6 +152,8 @@ class Bundle:
         mfile = path / MANIFEST
         if not mfile.is_file():
             raise BundleError(f"{path} is not a disca bundle: {MANIFEST} is missing")
+        if mfile.is_symlink():  # the manifest says what every other path means: it must be the bundle's own
+            raise BundleError(f"bundle {path}: {MANIFEST} is a symlink; copy the file into the bundle instead")
         try:
             manifest = json.loads(mfile.read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -22,6 +22,12 @@ from disca.errors import BundleError
 FORMAT = "disca-bundle"
 SCHEMA_VERSION = 1
 MAX_STEPS = 10_000  # far beyond any sampler's use; a bound keeps a hostile or mistyped value from exhausting memory
+# The largest latent (batch x channels x frames x height x width, elements) and widths a bundle may declare:
+# far above real video models (Wan2.1 720p, 81 frames: 4.8M elements a clip), far below an allocation that
+# kills the process when a command runs the graphs at the declared maximum shape (validate, bench).
+MAX_LATENT = 1 << 28
+MAX_WIDTH = 1 << 16  # hidden_size, text_dim, text_len
+MAX_DEPTH = 1024
 
 
 def check_relative_path(value: str) -> str:
@@ -46,6 +52,9 @@ Precision = Literal["fp32", "fp16", "fp8"]
 DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"]  # the closed set a graph may declare
 Dim = Positive | Literal["batch", "frames", "height", "width", "text_len", "tokens"]  # spec.DIMS + derived tokens
 Range = Annotated[list[Positive], Field(min_length=3, max_length=3)]
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Gap = Annotated[int, Field(ge=1, le=MAX_STEPS)]  # steps since the last anchor
+Error = Annotated[float, Field(ge=0)]
 
 
 class Section(BaseModel):
@@ -56,13 +65,24 @@ class Section(BaseModel):
 class DiT(Section):
     in_channels: Positive
     patch_size: Annotated[list[Positive], Field(min_length=3, max_length=3)]
-    hidden_size: Positive
-    text_dim: Positive
+    hidden_size: Width
+    text_dim: Width
     mean_flow: bool
+
+
+class Predictor(Section):
+    """`disca.models.config.PredictorConfig`: the runtime reads `depth` (threads) and `forecast` (what it
+    passes as the cache); absent keys take the defaults of older bundles."""
+
+    depth: Annotated[int, Field(ge=0, le=MAX_DEPTH)] | None = None
+    residual: bool | None = None
+    forecast: bool | None = None
+    modulate: bool | None = None
 
 
 class Model(Section):
     dit: DiT
+    predictor: Predictor | None = None
     vocab: Annotated[list[str], Field(min_length=1)] | None = None
 
 
@@ -91,6 +111,8 @@ class Ranges(Section):
             lo, opt, hi = getattr(self, name)
             if not lo <= opt <= hi:
                 raise ValueError(f"{name} must be [min, opt, max] with min <= opt <= max, got {[lo, opt, hi]}")
+        if self.text_len[2] > MAX_WIDTH:
+            raise ValueError(f"text_len's maximum {self.text_len[2]} is above {MAX_WIDTH} tokens")
         return self
 
 
@@ -154,14 +176,40 @@ class TeaCache(Section):
 
 
 class AnchorLists(Section):
-    steps: Positive
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)]
     lists: dict[str, list[Count]]
+
+    @model_validator(mode="after")
+    def well_formed(self):
+        """`disca-run --anchors K` runs lists["K"] as it is: it must hold K sorted anchors from step 0."""
+        for key, anchors in self.lists.items():
+            if not (key.isascii() and key.isdigit() and int(key) == len(anchors) >= 1):
+                raise ValueError(f"lists: the list under {_short(key)} must hold that many anchors, got {len(anchors)}")
+            if anchors[0] != 0 or anchors != sorted(set(anchors)) or anchors[-1] >= self.steps:
+                raise ValueError(
+                    f"lists[{_short(key)}] must be increasing step numbers from 0 below steps ({self.steps}), "
+                    f"got {_short(anchors)}"
+                )
+        return self
+
+
+class GapErrors(Section):
+    """One gap's one-step errors in the calibration (`disca.calibration.gaps`): relative MSE of each estimate."""
+
+    gap: Gap
+    reuse: Error
+    taylor: Error | None = None
+    predictor: Error | None = None
+    pairs: Count | None = None
 
 
 class CachedSteps(Section):
-    steps: Positive
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)]
     shift: float | None = None
-    reuse_gaps: list[Positive]
+    reuse_gaps: list[Gap]
+    taylor_gaps: list[Gap] | None = None
+    forecast_reuse_gaps: list[Gap] | None = None
+    errors: list[GapErrors] | None = None
 
 
 class Engine(Section):
@@ -209,10 +257,23 @@ class Manifest(Section):
                         f"graphs.{name}.spec: input {t.name!r} has shape {t.shape}, which does not match "
                         f"model.dit (in_channels {dit.in_channels}, text_dim {dit.text_dim})"
                     )
+        shape = self.ranges
+        elements = shape.batch[2] * dit.in_channels * shape.frames[2] * shape.height[2] * shape.width[2]
+        if elements > MAX_LATENT:
+            raise ValueError(
+                f"ranges: the largest latent ({shape.batch[2]} x {dit.in_channels} x {shape.frames[2]} x "
+                f"{shape.height[2]} x {shape.width[2]}) is above {MAX_LATENT} elements: re-export with smaller maxima"
+            )
         if self.model.vocab and self.text is None:
             # without its table a learned vocabulary would silently fall back to hashed words: another video
             raise ValueError("text: the model has a vocabulary but the manifest has no text table")
         return self
+
+
+def _short(value: Any) -> str:
+    """An untrusted value in a message: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _where(loc: tuple) -> str:

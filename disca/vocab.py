@@ -40,10 +40,11 @@ class Vocabulary:
         ws = words(prompt)
         unknown = list(dict.fromkeys(w for w in ws if w not in self.index or w == NULL))
         if unknown:
-            known = self.tokens[1:]
-            listed = ", ".join(known[:60]) + (f", ... ({len(known)} in all)" if len(known) > 60 else "")
+            known = [quote(w, 24)[1:-1] for w in self.tokens[1:61]]  # a bundle's vocabulary is untrusted text too
+            listed = ", ".join(known) + (f", ... ({len(self.tokens) - 1} in all)" if len(self.tokens) > 61 else "")
+            shown = ", ".join(quote(w, 24) for w in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
             raise DiscaError(
-                f"unknown word{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in prompt "
+                f"unknown word{'s' if len(unknown) > 1 else ''} {shown} in prompt "
                 f"{quote(prompt)}; known words: {listed}"
             )
         return [self.index[w] for w in ws]

@@ -122,22 +122,49 @@ def test_schedule_cli_writes_the_default_schedule_and_a_report(bundle_copy, prom
     assert "--anchors must be between 1 and --steps (4)" in line
 
 
-def test_validate_gate_passes_and_fails_on_the_manifest_thresholds(bundle_copy, prompt_file):
+def test_validate_gate_passes_and_fails_on_the_given_thresholds(bundle_copy, prompt_file):
     args = ["validate", bundle_copy, "--prompts", prompt_file, "--samples", "2", "--backend", "onnxruntime,torch"]
-    m = json.loads((bundle_copy / "manifest.json").read_text())
-    m["thresholds"] = {"min_psnr_db": 0.0}
-    (bundle_copy / "manifest.json").write_text(json.dumps(m))
-    result = invoke(export_cli, [*args, "--json"])
+    result = invoke(export_cli, [*args, "--min-psnr", "0", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["reference"] == "PyTorch fp32" and report["ok"]
+    assert report["thresholds"] == {"min_psnr_db": 0.0, "max_adherence_drop": 0.02}
     combos = {(p["backend"], p["precision"]) for p in report["parity"]}
     assert combos == {("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "fp8"), ("torch", "fp32")}
     assert len(report["end_to_end"]) == 3
     fp32 = [p for p in report["parity"] if p["precision"] == "fp32"]
     assert all(p["rel_l2"] < 1e-4 for p in fp32)
 
-    m["thresholds"] = {"min_psnr_db": 500.0}  # no DisCa run is that close to all-full
+    # thresholds stored in the bundle can make the gate stricter: no DisCa run is within 500 dB of all-full
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["thresholds"] = {"min_psnr_db": 500.0}
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
-    assert "failed validation" in error_line(invoke(export_cli, args))
+    assert "failed validation" in error_line(invoke(export_cli, [*args, "--min-psnr", "0"]))
     np.testing.assert_equal(Bundle.open(bundle_copy).manifest["thresholds"], {"min_psnr_db": 500.0})
+
+
+def test_validate_fails_when_a_backend_asked_for_checked_nothing(tiny_bundle_plain, prompt_file):
+    args = ["validate", tiny_bundle_plain, "--prompts", prompt_file, "--samples", "1"]
+    assert "unknown backend 'onnxrutime'" in error_line(invoke(export_cli, [*args, "--backend", "onnxrutime"]))
+    assert "no backend" in error_line(invoke(export_cli, [*args, "--backend", ","]))
+    result = invoke(export_cli, [*args, "--backend", "onnxruntime,torch", "--min-psnr", "0", "--json"])
+    report = json.loads(result.stdout)  # the bundle has no PyTorch weights: torch checked nothing
+    assert report["unchecked"] == ["torch"] and not report["ok"]
+    assert any(p["backend"] == "torch" and "no PyTorch weights" in p["skipped"] for p in report["parity"])
+    assert "was not validated on torch" in error_line(result)
+
+
+def test_validate_thresholds_stored_in_a_bundle_only_tighten_the_gate(bundle_copy):
+    from disca.calibration.validation import DEFAULT_THRESHOLDS, thresholds
+
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["thresholds"] = {"min_psnr_db": -1e300, "max_adherence_drop": 1e300}  # a bundle that waves itself through
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    assert thresholds(Bundle.open(bundle_copy)) == DEFAULT_THRESHOLDS
+    assert thresholds(Bundle.open(bundle_copy), min_psnr_db=10.0) == {**DEFAULT_THRESHOLDS, "min_psnr_db": 10.0}
+    m["thresholds"] = {"min_psnr_db": 40.0, "max_adherence_drop": 0.0}
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    assert thresholds(Bundle.open(bundle_copy), min_psnr_db=10.0, max_adherence_drop=0.5) == {
+        "min_psnr_db": 40.0,
+        "max_adherence_drop": 0.0,
+    }

@@ -29,7 +29,7 @@ from disca._atomic import atomic_directory, remove_stale
 from disca.bundle import FRESH, MANIFEST, Bundle, file_entry
 from disca.cli.export import main as export_cli
 from disca.cli.run import main as run_cli
-from disca.errors import BundleError, DiscaError, InputError, ShapeError
+from disca.errors import BundleError, DiscaError, InputError
 from disca.runtime import Pipeline, demo_bundle
 from tests.test_cli import error_line, invoke
 
@@ -123,6 +123,19 @@ def test_shipped_demo_and_exported_manifests_pass_the_schema(bundle):
         (lambda m: m.update(schema_version=2), "newer disca; this disca reads version 1: upgrade disca"),
         (lambda m: m.update(schema_version=0), "re-export the bundle"),
         (lambda m: m.update(schema_version="1"), "schema_version must be an integer"),
+        # the per-gap choice and the searched lists are read as they are by every run
+        (lambda m: m["cached_steps"].update(taylor_gaps=["x"]), "cached_steps.taylor_gaps[0]"),
+        (lambda m: m["cached_steps"].update(taylor_gaps="12"), "cached_steps.taylor_gaps: expected a valid list"),
+        (lambda m: m["cached_steps"].update(forecast_reuse_gaps=[1.9]), "cached_steps.forecast_reuse_gaps[0]"),
+        (lambda m: m["cached_steps"]["errors"][0].pop("reuse"), "cached_steps.errors[0].reuse is missing"),
+        (lambda m: m["anchor_lists"]["lists"].update({"8": [0, 10]}), "under '8' must hold that many anchors"),
+        (lambda m: m["anchor_lists"]["lists"].update({"0": []}), "under '0' must hold that many anchors"),
+        (lambda m: m["anchor_lists"]["lists"].update({"2": [5, 3]}), "lists['2'] must be increasing step numbers"),
+        (lambda m: m["model"].update(predictor=[1]), "model.predictor"),
+        (lambda m: m["model"]["predictor"].update(forecast="false"), "model.predictor.forecast"),
+        (lambda m: m["ranges"].update(frames=[2, 8, 699050]), "above 268435456 elements"),
+        (lambda m: m["ranges"].update(text_len=[1, 8, 2**40]), "text_len's maximum"),
+        (lambda m: m["model"]["dit"].update(text_dim=2**40), "model.dit.text_dim"),
     ],
 )
 def test_schema_errors_name_the_key_and_what_was_expected(bundle, mutate, message):
@@ -206,8 +219,164 @@ def test_absurd_ranges_in_a_manifest_do_not_allocate(bundle):
     m = manifest_of(bundle)
     m["ranges"]["frames"] = [2, 2 * 10**6, 2 * 10**7]  # valid numbers, a 48 GB latent at the "opt" shape
     write_manifest(bundle, m)
-    with Pipeline.load(bundle) as pipe, pytest.raises(ShapeError, match="too large"):
-        pipe.generate(PROMPT, steps=3, anchors=[0, 2])
+    with pytest.raises(BundleError, match="the largest latent .* is above 268435456 elements"):
+        Pipeline.load(bundle)
+    line = error_line(invoke(export_cli, ["validate", bundle]))  # would run the graphs at the maximum shape
+    assert "above 268435456 elements" in line
+
+
+def test_a_text_table_header_declaring_a_huge_shape_is_refused_unread(bundle):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (18, 1099511627776), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"  # numpy pads the header to 64 bytes
+    (bundle / "text_embedding.npy").write_bytes(
+        b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    )
+    m = manifest_of(bundle)
+    m["files"]["text_embedding.npy"] = file_entry(bundle, "text_embedding.npy")
+    write_manifest(bundle, m)
+    with pytest.raises(BundleError, match="text table text_embedding.npy .*unreadable"):
+        Pipeline.load(bundle)  # 72 TiB if numpy allocated what the header says
+
+
+def test_a_symlinked_manifest_is_refused(bundle, tmp_path):
+    (tmp_path / "elsewhere.json").write_text((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).unlink()
+    (bundle / MANIFEST).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(BundleError, match="manifest.json is a symlink"):
+        Bundle.open(bundle)
+
+
+def _edit_graph(bundle: Path, graph: str, edit) -> None:
+    """Rewrite one ONNX graph of the bundle (its weights kept external) and re-list it, as an attacker would."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(bundle / f"{graph}.onnx"))
+    edit(model, onnx)
+    (bundle / f"{graph}.onnx.data").unlink()
+    onnx.save_model(model, str(bundle / f"{graph}.onnx"), save_as_external_data=True, location=f"{graph}.onnx.data")
+    m = manifest_of(bundle)
+    for rel in (f"{graph}.onnx", f"{graph}.onnx.data"):
+        m["files"][rel] = file_entry(bundle, rel)
+    write_manifest(bundle, m)
+
+
+def _swap_outputs(model, onnx):
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs[::-1])
+
+
+def _int_velocity(model, onnx):
+    out = model.graph.output[0]
+    model.graph.node[-1].output[0] = "float_velocity"
+    model.graph.node.append(onnx.helper.make_node("Cast", ["float_velocity"], [out.name], to=onnx.TensorProto.INT64))
+    out.type.tensor_type.elem_type = onnx.TensorProto.INT64
+
+
+def _extra_output(model, onnx):
+    name = model.graph.output[0].name
+    model.graph.node.append(onnx.helper.make_node("Identity", [name], ["extra"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, None))
+
+
+@pytest.mark.parametrize(
+    "graph, edit", [("full", _swap_outputs), ("predictor", _int_velocity), ("full", _extra_output)]
+)
+def test_graph_outputs_must_match_the_manifest(bundle, graph, edit):
+    _edit_graph(bundle, graph, edit)
+    with pytest.raises(BundleError, match=f"the {graph} graph's outputs .* do not match the manifest's"):
+        Pipeline.load(bundle)
+
+
+def test_a_velocity_of_another_shape_is_refused_not_broadcast(bundle):
+    def shrink(model, onnx):  # (B, 3, F, H, W) -> (B, 3, 1, 1, 1): numpy would broadcast it into the latent
+        out = model.graph.output[0]
+        model.graph.node[-1].output[0] = "full_velocity"
+        axes = onnx.helper.make_tensor("axes", onnx.TensorProto.INT64, [3], [2, 3, 4])
+        model.graph.initializer.append(axes)
+        model.graph.node.append(onnx.helper.make_node("ReduceMean", ["full_velocity", "axes"], [out.name]))
+
+    _edit_graph(bundle, "predictor", shrink)
+    with (
+        Pipeline.load(bundle) as pipe,
+        pytest.raises(BundleError, match="predictor graph returned a velocity of shape"),
+    ):
+        pipe.generate(PROMPT, steps=3, anchors=[0, 2], **SMALL)
+
+
+def test_op_types_read_without_onnx_match_onnx():
+    onnx = pytest.importorskip("onnx")
+    from disca.runtime.backends.graph_ops import op_types
+
+    for path in sorted(DEMO.glob("*.onnx")):
+        model = onnx.load(str(path), load_external_data=False)
+        assert op_types(path) == {n.op_type for n in model.graph.node}, path.name
+
+
+def test_a_graph_with_control_flow_is_refused_before_it_runs(bundle):
+    def loop_forever(model, onnx):  # wraps the velocity in a Loop of 10^15 iterations: ORT would never return
+        h, T = onnx.helper, onnx.TensorProto
+        out = model.graph.output[0]
+        model.graph.node[-1].output[0] = "velocity_once"
+        body = h.make_graph(
+            [h.make_node("Identity", ["cond_in"], ["cond_out"]), h.make_node("Identity", ["v_in"], ["v_out"])],
+            "body",
+            [
+                h.make_tensor_value_info(n, t, s)
+                for n, t, s in [("i", T.INT64, []), ("cond_in", T.BOOL, []), ("v_in", T.FLOAT, None)]
+            ],
+            [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, None)],
+        )
+        model.graph.initializer.extend(
+            [h.make_tensor("trips", T.INT64, [], [10**15]), h.make_tensor("go", T.BOOL, [], [True])]
+        )
+        model.graph.node.append(h.make_node("Loop", ["trips", "go", "velocity_once"], [out.name], body=body))
+
+    _edit_graph(bundle, "predictor", loop_forever)
+    with pytest.raises(BundleError, match="the predictor graph holds control flow \\(Loop\\)"):
+        Pipeline.load(bundle)
+
+
+def test_the_torch_backend_checks_the_weights_against_their_config_and_the_manifest(bundle_copy):
+    from safetensors.numpy import save_file
+
+    def rewrite(rel: str, write) -> None:
+        write(bundle_copy / rel)
+        m = manifest_of(bundle_copy)
+        m["files"][rel] = file_entry(bundle_copy, rel)
+        write_manifest(bundle_copy, m)
+
+    config = json.loads((bundle_copy / "weights/config.json").read_text())
+    cases = [
+        ({"num_heads": 0}, "DiTConfig.num_heads must be an integer"),
+        ({"depth": "2"}, "DiTConfig.depth must be an integer"),
+        ({"hidden_size": 2**40}, "DiTConfig.hidden_size must be an integer"),  # would allocate petabytes
+        ({"mean_flow": "no"}, "DiTConfig.mean_flow must be true or false"),
+        ({"text_dim": 8}, "does not match its config"),  # the files' shapes, checked before building
+    ]
+    for change, message in cases:
+        bad = copy.deepcopy(config)
+        bad["model"]["dit"].update(change)
+        rewrite("weights/config.json", lambda p, bad=bad: p.write_text(json.dumps(bad)))
+        with pytest.raises(DiscaError, match=message):
+            Pipeline.load(bundle_copy, backend="torch")
+    bad = copy.deepcopy(config)
+    bad["model"]["predictor"]["residual"] = not bad["model"]["predictor"]["residual"]  # loads, is not the manifest's
+    rewrite("weights/config.json", lambda p: p.write_text(json.dumps(bad)))
+    with pytest.raises(BundleError, match="differs from the manifest's model.predictor"):
+        Pipeline.load(bundle_copy, backend="torch")
+    rewrite("weights/config.json", lambda p: p.write_text(json.dumps(config)))
+    rewrite("weights/ema.safetensors", lambda p: save_file({"dit.final.linear.bias": np.zeros(1, np.float32)}, str(p)))
+    with pytest.raises(DiscaError, match="ema.safetensors does not match its config: dit.final.linear.bias"):
+        Pipeline.load(bundle_copy, backend="torch")  # one value would broadcast over the whole weight
+
+
+def test_unknown_words_are_shown_short():
+    from disca.vocab import Vocabulary
+
+    vocab = Vocabulary(["<null>", "red", "x" * 10**6])
+    with pytest.raises(DiscaError) as e:
+        vocab.ids("red " + "y" * 10**6)
+    assert len(str(e.value)) < 400
 
 
 def test_a_text_table_of_the_wrong_kind_is_a_bundle_error(bundle):
@@ -458,6 +627,17 @@ def test_bundle_open_takes_only_paths():
         (["--out", "missing.gif/v.gif"], "is not a directory"),
         (["--out", "adir.npy"], "it is a directory"),
         (["--prompt", "a red \udcff circle"], "the prompt is not valid text"),
+        # options that would change nothing in this run: the user meant something else
+        (["--threshold", "0.3"], "--threshold applies to the threshold policies"),
+        (["--policy", "teacache"], "--schedule does nothing: teacache chooses anchors online"),
+        (["--schedule", "full", "--policy", "reuse"], "--policy does nothing with --schedule full"),
+        (["--device", "cuda"], "--device is for --backend torch or tensorrt, not onnxruntime"),
+        (["--cuda-graphs"], "--cuda-graphs is for --backend tensorrt"),
+        (["--fps", "12", "--out", "v.npy"], "--fps applies to a video written with --out"),
+        (["--upscale", "2"], "--upscale applies to a video written with --out"),
+        (["--fps", "60", "--out", "v.gif"], "a GIF plays at most 50 frames a second"),
+        (["--upscale", "100000", "--out", "v.gif"], "lower --upscale"),  # 224 TiB of frames, refused before the run
+        (["--out", ".gif"], "give the file a name, e.g. clip.gif"),
     ],
 )
 def test_cli_refuses_bad_options_before_any_work(args, message, tmp_path, monkeypatch):
@@ -468,6 +648,20 @@ def test_cli_refuses_bad_options_before_any_work(args, message, tmp_path, monkey
     result = invoke(run_cli, [DEMO, "--prompt", PROMPT, *SMALL_ARGS, *args])
     assert message in error_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_cli_refuses_an_output_that_would_overwrite_an_input(bundle, tmp_path):
+    before = snapshot(bundle)
+    line = error_line(
+        invoke(run_cli, [bundle, "--prompt", PROMPT, *SMALL_ARGS, "--out", bundle / "text_embedding.npy"])
+    )
+    assert "is inside the bundle" in line and snapshot(bundle) == before
+    line = error_line(invoke(run_cli, ["demo", "--prompt", PROMPT, *SMALL_ARGS, "--out", DEMO / "clip.gif"]))
+    assert "is inside the bundle" in line and not (DEMO / "clip.gif").exists()  # the installed package
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.zeros((3, 32), np.float32))
+    line = error_line(invoke(run_cli, [bundle, "--text-embeddings", emb, *SMALL_ARGS, "--out", emb]))
+    assert "is the --text-embeddings file" in line and np.load(emb).shape == (3, 32)
 
 
 def test_cli_refuses_an_unwritable_output_before_the_run(tmp_path):

@@ -1,6 +1,7 @@
 """Training on tiny models: the math (MeanFlow target, restricted times), resumption, and the CLI's errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from disca.cli.train import main as train_cli
+from disca.errors import CheckpointError
 from disca.models import CachePredictor, preset, randomize_
 from disca.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from disca.models.text import WordEmbedding
@@ -16,6 +18,7 @@ from disca.training.flow import grid, guided_velocity, teacher_endpoint
 from disca.training.loop import Guard, TrainArgs
 from disca.training.predictor import schedule_pairs, train_predictor, training_pairs
 from disca.training.teacher import teacher_config, train_teacher
+from tests.test_cli import error_line, invoke
 
 TINY = dict(batch=2, frames=2, size=16, ckpt_every=2, eval_every=0, eval_n=2, warmup=1)
 
@@ -371,9 +374,99 @@ def test_train_cli_errors(tmp_path, tiny_teacher):
     r = runner.invoke(train_cli, ["teacher", "--preset", "tiny", "--out", str(tmp_path / "junk"), "--steps", "1"])
     assert r.exit_code == 1 and "is not a disca checkpoint: choose another --out" in r.output
     assert (tmp_path / "junk" / "file.txt").read_text() == "mine"
+    shutil.copytree(tiny_teacher, tmp_path / "t")
     r = runner.invoke(
-        train_cli, ["distill", "--teacher", str(tiny_teacher), "--out", str(tiny_teacher), "--steps", "1"]
+        train_cli, ["distill", "--teacher", str(tiny_teacher), "--out", str(tmp_path / "t"), "--steps", "1"]
     )
     assert r.exit_code == 1 and "holds a 'teacher' run, not 'distill'" in r.output
     r = runner.invoke(train_cli, ["predictor", "--student", str(tiny_teacher), "--out", str(tmp_path / "p")])
     assert r.exit_code == 1 and "is not a distilled student" in r.output
+
+
+TINY_CLI = ["--batch", "2", "--frames", "2", "--size", "16", "--eval-every", "0", "--eval-n", "2", "--warmup", "1"]
+TINY_CLI += ["--ckpt-every", "2", "--ema", "0", "--device", "cpu"]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.mark.parametrize(
+    "stage, bad, option, allowed",
+    [
+        ("teacher", ["--batch", "-1"], "--batch", "x>=1"),
+        ("teacher", ["--batch", "0"], "--batch", "x>=1"),  # was reported as a divergence
+        ("teacher", ["--lr", "nan"], "--lr", "x>0"),
+        ("teacher", ["--lr", "-1"], "--lr", "x>0"),
+        ("teacher", ["--steps", "0"], "--steps", "x>=1"),  # exited 0 having done nothing
+        ("teacher", ["--steps", "-5"], "--steps", "x>=1"),
+        ("teacher", ["--ckpt-every", "0"], "--ckpt-every", "x>=1"),
+        ("teacher", ["--eval-n", "0"], "--eval-n", "x>=1"),
+        ("teacher", ["--seed", "-1"], "--seed", "0<=x<=4294967295"),
+        ("teacher", ["--seed", str(2**70)], "--seed", "0<=x<=4294967295"),
+        ("teacher", ["--ema", "nan"], "--ema", "0<=x<1"),  # saved all-NaN EMA weights as the best
+        ("teacher", ["--ema", "1.5"], "--ema", "0<=x<1"),
+        ("teacher", ["--guard", "nan"], "--guard", "x>=0"),
+        ("teacher", ["--text-dropout", "2"], "--text-dropout", "0<=x<=1"),
+        ("teacher", ["--device", "bogus"], "--device", "expected cpu, cuda"),
+        pytest.param("teacher", ["--device", "cuda"], "--device", "use --device cpu", marks=NO_CUDA),
+        ("teacher", ["--out", "FILE"], "--out", "it is a file"),
+        ("distill", ["--max-gap", "0"], "--max-gap", "x>=1"),
+        ("predictor", ["--trajectories", "0"], "--trajectories", "x>=1"),
+        ("predictor", ["--adversarial", "-1"], "--adversarial", "x>=0"),
+        ("data", ["--n", "-1"], "--n", "x>=1"),
+    ],
+)
+def test_bad_train_options_are_refused_before_any_work(tiny_teacher, tmp_path, stage, bad, option, allowed):
+    out = tmp_path / "out"
+    head = {
+        "teacher": ["teacher", "--preset", "tiny", *TINY_CLI, "--steps", "1"],
+        "distill": ["distill", "--teacher", tiny_teacher, "--grid-steps", "4", *TINY_CLI, "--steps", "1"],
+        "predictor": ["predictor", "--student", tmp_path / "student", "--grid-steps", "4", "--schedule", "0,2"],
+        "data": ["data", "--frames", "2", "--size", "16"],
+    }[stage]
+    if "FILE" in bad:
+        (tmp_path / "file").write_text("mine")
+        bad = [tmp_path / "file" if a == "FILE" else a for a in bad]
+    line = error_line(invoke(train_cli, [*head, "--out", out, *bad]))
+    assert option in line and allowed in line, line
+    assert not out.exists()  # refused before any work
+    assert "FILE" not in bad or (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_out_that_would_delete_another_checkpoint_is_refused(tmp_path):
+    """Every save replaces --out whole: a student inside the teacher's directory was deleted by the teacher's
+    next checkpoint. Now --out may neither sit inside a checkpoint nor hold anything a save did not write."""
+    t = tmp_path / "t"
+    r = invoke(train_cli, ["teacher", "--preset", "tiny", *TINY_CLI, "--steps", "2", "--out", t])
+    assert r.exit_code == 0, r.output
+    distill = ["distill", "--grid-steps", "4", *TINY_CLI, "--steps", "1"]
+    assert "is inside the checkpoint" in error_line(invoke(train_cli, [*distill, "--teacher", t, "--out", t / "in"]))
+    assert not (t / "in").exists()
+    assert "is --teacher itself" in error_line(invoke(train_cli, [*distill, "--teacher", t, "--out", t]))
+    # a checkpoint already inside (written before this check existed): resuming the outer run keeps it
+    save_checkpoint(t / "in", *_tiny_teacher_parts(), extra={"stage": "teacher"})
+    nested = sorted(p.name for p in (t / "in").iterdir())
+    line = error_line(invoke(train_cli, ["teacher", "--preset", "tiny", *TINY_CLI, "--steps", "4", "--out", t]))
+    assert "holds the checkpoint" in line and "move it out" in line
+    assert "is inside --out" in error_line(invoke(train_cli, [*distill, "--teacher", t / "in", "--out", t]))
+    with pytest.raises(CheckpointError, match="holds the checkpoint"):  # the library refuses before training too
+        train_teacher(t, preset("tiny"), TrainArgs(steps=4, **TINY))
+    assert sorted(p.name for p in (t / "in").iterdir()) == nested
+    assert json.loads((t / "config.json").read_text())["step"] == 2
+    # and the save itself never deletes what it did not write, whoever calls it
+    save_checkpoint(tmp_path / "c", *_tiny_teacher_parts())
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="it holds notes.txt, which is not part of a checkpoint"):
+        save_checkpoint(tmp_path / "c", *_tiny_teacher_parts())
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+    # once it is moved out, the run resumes; a killed writer's temporary of its own is no obstacle
+    (t / "in").rename(tmp_path / "in")
+    (t / ".best.999999.x.tmp").mkdir()
+    r = invoke(train_cli, ["teacher", "--preset", "tiny", *TINY_CLI, "--steps", "4", "--out", t])
+    assert r.exit_code == 0, r.output
+    assert json.loads((t / "config.json").read_text())["step"] == 4
+
+
+def _tiny_teacher_parts():
+    from disca.models import VideoDiT
+
+    cfg = teacher_config(preset("tiny"))
+    return cfg, VideoDiT(cfg.dit)

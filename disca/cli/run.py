@@ -10,16 +10,18 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from disca.bundle import resolve_bundle
 from disca.cli._common import clean_errors, positive_float
 from disca.manifest import MAX_STEPS
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
-from disca.runtime.schedule import POLICIES, parse_anchors
-from disca.runtime.video import check_path, write
+from disca.runtime.schedule import POLICIES, THRESHOLD_POLICIES, parse_anchors
+from disca.runtime.video import check_frames_size, check_path, write
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,8 +155,14 @@ def main(
         raise click.UsageError("give exactly one of --prompt TEXT or --text-embeddings FILE.npy")
     if schedule is not None and budget is not None:
         raise click.UsageError("give either --schedule (the anchor steps) or --anchors (how many), not both")
+    _refuse_unused_options(policy, schedule, budget, backend, server, out)
     if out is not None:
         check_path(out)
+        _refuse_overwriting_inputs(out, bundle, text_embeddings)
+        if out.suffix.lower() == ".gif" and fps > 50:  # GIF delays are in 1/100 s; players slow < 2/100 s to 10 fps
+            raise click.BadParameter(
+                "a GIF plays at most 50 frames a second; lower it or write .mp4", param_hint="--fps"
+            )
     embeddings = _load_embeddings(text_embeddings) if text_embeddings else None
     anchors = budget if schedule is None else "full" if schedule.strip() == "full" else parse_anchors(schedule)
     if server is not None:
@@ -166,6 +174,8 @@ def main(
     options = _backend_options(backend, providers, threads, precision, cuda_graphs, device)
 
     with Pipeline.load(bundle, backend=backend, verify=verify, **options) as pipe:
+        if out is not None and out.suffix.lower() != ".npy":  # before the run, not after it
+            check_frames_size(pipe.latent_shape(frames, height, width, batch), upscale)
         n_steps = steps or pipe.bundle.schedule.steps
         with _progress(n_steps, disable=as_json) as on_step:
             result = pipe.generate(
@@ -184,6 +194,60 @@ def main(
                 on_step=on_step,
             )
     _finish(result, out, fps, upscale, as_json)
+
+
+def _given(name: str) -> bool:
+    """Whether the user passed option `name` (its value may equal the default)."""
+    return click.get_current_context().get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
+def _refuse_unused_options(policy, schedule, budget, backend, server, out) -> None:
+    """An option that would change nothing in this run is an error, not a silent no-op: the user meant something."""
+
+    def refuse(option: str, why: str):
+        raise click.UsageError(f"{option} {why}: drop it")
+
+    threshold_policy = policy in THRESHOLD_POLICIES
+    if _given("threshold") and not threshold_policy:
+        refuse("--threshold", f"applies to the threshold policies ({', '.join(THRESHOLD_POLICIES)}), not {policy}")
+    if schedule is not None and schedule.strip() == "full" and _given("policy"):
+        refuse("--policy", "does nothing with --schedule full (every step runs the full DiT)")
+    if threshold_policy and (schedule is not None or budget is not None):
+        refuse("--schedule" if schedule is not None else "--anchors", f"does nothing: {policy} chooses anchors online")
+    if server is not None:
+        for name in ("backend", "providers", "threads", "precision", "cuda_graphs", "device", "verify"):
+            if _given(name):
+                refuse(f"--{name.replace('_', '-')}", "does nothing with --server (the server's backend runs)")
+        return
+    for name, backends in (
+        ("providers", ("onnxruntime",)),
+        ("threads", ("onnxruntime",)),
+        ("cuda_graphs", ("tensorrt",)),
+        ("device", ("torch", "tensorrt")),
+    ):
+        if _given(name) and backend not in backends:
+            refuse(f"--{name.replace('_', '-')}", f"is for --backend {' or '.join(backends)}, not {backend}")
+    for name in ("fps", "upscale"):
+        if _given(name) and (out is None or out.suffix.lower() == ".npy"):
+            refuse(
+                f"--{name}",
+                "applies to a video written with --out (.gif or .mp4), not "
+                + ("the raw .npy latent" if out else "no output"),
+            )
+
+
+def _refuse_overwriting_inputs(out: Path, bundle, text_embeddings) -> None:
+    """--out must not replace what the run reads: a file of the bundle (the installed demo included) or the
+    text embeddings."""
+    target = out.resolve()
+    if text_embeddings is not None and target == Path(text_embeddings).resolve():
+        raise click.BadParameter("is the --text-embeddings file: write the result elsewhere", param_hint="--out")
+    if bundle is not None:
+        root = resolve_bundle(bundle).resolve()
+        if target == root or root in target.parents:
+            raise click.BadParameter(
+                f"{out} is inside the bundle {root}: write the result elsewhere", param_hint="--out"
+            )
 
 
 def _finish(result, out, fps, upscale, as_json) -> None:

@@ -8,34 +8,96 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import click
 
-from disca.cli._common import clean_errors
+from disca.cli._common import FiniteFloat, clean_errors
 from disca.cli.export import PRESET_NAMES
+
+
+class Finite(FiniteFloat):
+    """FiniteFloat whose error for nan and inf names the allowed range too."""
+
+    def convert(self, value, param, ctx):
+        value = click.FloatRange.convert(self, value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number in the range {self._describe_range()}.", param, ctx)
+        return value
+
+
+POSITIVE = Finite(min=0, min_open=True)
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy and torch both take
+FRAMES, SIZE = click.IntRange(min=2), click.IntRange(min=16)  # the synthetic task's smallest clip
+GUIDANCE = Finite(min=0)
+
+
+def _device(name: str | None) -> str:
+    """--device, checked before any work: a device torch knows and this machine has."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise click.BadParameter(f"expected cpu, cuda or cuda:N, got {name!r}", param_hint="--device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(
+            "CUDA is not available here (no GPU, or torch without CUDA): use --device cpu", param_hint="--device"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise click.BadParameter(
+            f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)", param_hint="--device"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise click.BadParameter("MPS is not available here: use --device cpu", param_hint="--device")
+    return name
 
 
 def train_options(fn):
     """Options every training stage shares (they fill TrainArgs)."""
     options = [
         click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (resumed)."),
-        click.option("--steps", default=2000, show_default=True, help="Total optimizer steps."),
-        click.option("--batch", default=16, show_default=True),
-        click.option("--lr", default=2e-4, show_default=True),
-        click.option("--warmup", default=200, show_default=True),
-        click.option("--seed", default=0, show_default=True),
-        click.option("--frames", default=8, show_default=True, help="Clip frames of the synthetic task."),
-        click.option("--size", default=32, show_default=True, help="Clip height and width."),
-        click.option("--ckpt-every", default=100, show_default=True),
-        click.option("--eval-every", default=500, show_default=True, help="0: evaluate only at the end."),
-        click.option("--eval-n", default=16, show_default=True, help="Clips in the fixed evaluation set."),
-        click.option("--ema", default=0.999, show_default=True, help="EMA decay of the weights (0: off)."),
+        click.option(
+            "--steps", default=2000, show_default=True, type=click.IntRange(min=1), help="Total optimizer steps."
+        ),
+        click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1)),
+        click.option("--lr", default=2e-4, show_default=True, type=POSITIVE),
+        click.option("--warmup", default=200, show_default=True, type=click.IntRange(min=0)),
+        click.option("--seed", default=0, show_default=True, type=SEED),
+        click.option("--frames", default=8, show_default=True, type=FRAMES, help="Clip frames of the synthetic task."),
+        click.option("--size", default=32, show_default=True, type=SIZE, help="Clip height and width."),
+        click.option("--ckpt-every", default=100, show_default=True, type=click.IntRange(min=1)),
+        click.option(
+            "--eval-every",
+            default=500,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="0: evaluate only at the end.",
+        ),
+        click.option(
+            "--eval-n",
+            default=16,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Clips in the fixed evaluation set.",
+        ),
+        click.option(
+            "--ema",
+            default=0.999,
+            show_default=True,
+            type=Finite(0, 1, max_open=True),
+            help="EMA decay of the weights (0: off).",
+        ),
         click.option(
             "--guard",
             default=20.0,
             show_default=True,
-            type=click.FloatRange(min=0),
+            type=Finite(min=0),
             help="Stop when the loss or a target's norm rises this many times above its lowest level (0: off).",
         ),
         click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
@@ -44,12 +106,21 @@ def train_options(fn):
         fn = option(fn)
 
     @functools.wraps(fn)
+    @clean_errors
     def wrapper(**kw):
-        import torch
-
         from disca.training.loop import TrainArgs
+        from disca.training.state import check_out
 
-        device = kw.pop("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = _device(kw.pop("device"))
+        # every checkpoint replaces --out whole: refuse an --out that holds or sits in something else, up front
+        source = kw.get("source")
+        inputs = {
+            "--teacher": kw.get("teacher_dir"),
+            "--student": kw.get("student_dir"),
+            "--from": source.partition(":")[2] or None if source else None,
+            "--text-embeddings": kw.get("text_embeddings"),
+        }
+        check_out(kw["out"], inputs)
         fields = [f.name for f in dataclasses.fields(TrainArgs) if f.name != "device"]
         args = TrainArgs(**{k: kw.pop(k) for k in fields if k in kw}, device=device)
         return fn(args=args, **kw)
@@ -72,10 +143,12 @@ def main():
 
 @main.command("data")
 @click.option("--out", type=click.Path(path_type=Path), help="Write a preview GIF of sample clips.")
-@click.option("--n", default=500, show_default=True, help="Clips to check the evaluator on.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--frames", default=8, show_default=True)
-@click.option("--size", default=32, show_default=True)
+@click.option(
+    "--n", default=500, show_default=True, type=click.IntRange(min=1), help="Clips to check the evaluator on."
+)
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--frames", default=8, show_default=True, type=FRAMES)
+@click.option("--size", default=32, show_default=True, type=SIZE)
 @clean_errors
 def data_cmd(out, n, seed, frames, size):
     """Sample clips of the task and measure the adherence evaluator on them (clean, and blurred + noisy)."""
@@ -99,8 +172,10 @@ def data_cmd(out, n, seed, frames, size):
 
 @main.command("teacher")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="demo", show_default=True)
-@click.option("--text-dropout", default=0.1, show_default=True, help="Fraction of null prompts (for CFG).")
-@click.option("--guidance", default=4.0, show_default=True, help="CFG scale of the evaluation samples.")
+@click.option(
+    "--text-dropout", default=0.1, show_default=True, type=Finite(0, 1), help="Fraction of null prompts (for CFG)."
+)
+@click.option("--guidance", default=4.0, show_default=True, type=GUIDANCE, help="CFG scale of the evaluation samples.")
 @train_options
 @clean_errors
 def teacher_cmd(args, out, preset, text_dropout, guidance):
@@ -113,18 +188,24 @@ def teacher_cmd(args, out, preset, text_dropout, guidance):
 
 @main.command("distill")
 @click.option("--teacher", "teacher_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--grid-steps", default=20, show_default=True, help="The student's sampling steps.")
-@click.option("--shift", default=5.0, show_default=True)
 @click.option(
-    "--max-gap", default=2, show_default=True, help="Restriction: longest trained (t, r) interval, in grid steps."
+    "--grid-steps", default=20, show_default=True, type=click.IntRange(min=1), help="The student's sampling steps."
+)
+@click.option("--shift", default=5.0, show_default=True, type=POSITIVE)
+@click.option(
+    "--max-gap",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Restriction: longest trained (t, r) interval, in grid steps.",
 )
 @click.option("--plain", is_flag=True, help="Plain MeanFlow: (t, r) anywhere in [0, 1] (for comparison).")
-@click.option("--guidance", default=4.0, show_default=True, help="CFG scale distilled into the student.")
+@click.option("--guidance", default=4.0, show_default=True, type=GUIDANCE, help="CFG scale distilled into the student.")
 @click.option(
     "--adaptive-p",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="Adaptive loss weight 1 / (err + c)^p (MeanFlow's p = 1; 0: plain MSE).",
 )
 @click.option(
@@ -206,15 +287,27 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     "so a predictor without blocks knows the noise level.",
 )
 @click.option("--schedule", default="0,1,2,5,9,13,17,19", show_default=True, help="Deployment anchor steps.")
-@click.option("--grid-steps", default=20, show_default=True)
-@click.option("--shift", default=5.0, show_default=True)
-@click.option("--trajectories", default=128, show_default=True, help="Host sampling runs to learn from.")
-@click.option("--adversarial", default=0.0, show_default=True, help="Weight of the adversarial term (0: off).")
+@click.option("--grid-steps", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--shift", default=5.0, show_default=True, type=POSITIVE)
+@click.option(
+    "--trajectories",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Host sampling runs to learn from.",
+)
+@click.option(
+    "--adversarial",
+    default=0.0,
+    show_default=True,
+    type=Finite(min=0),
+    help="Weight of the adversarial term (0: off).",
+)
 @click.option(
     "--velocity-weight",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="Weight of the error measured after the DiT's head (on the velocity), next to the feature error.",
 )
 @click.option(
@@ -227,7 +320,7 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     "--rollout-weight",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="With --forecast: weight of the error of the latent reached after sampling a run of cached steps "
     "with the predictor (0: per-step errors only).",
 )

@@ -6,6 +6,7 @@ every exported bundle's manifest, so they must stay plain data.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from disca.errors import ConfigError
@@ -95,18 +96,65 @@ class ModelConfig:
             return cls(
                 dit=_build(DiTConfig, data["dit"]),
                 predictor=_build(PredictorConfig, data["predictor"]),
-                vocab=data.get("vocab"),
+                vocab=_vocab(data.get("vocab")),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"invalid model config: {e}") from None
 
 
+def _vocab(value):
+    if value is not None and not (isinstance(value, list) and value and all(type(w) is str for w in value)):
+        raise ConfigError("the model config's vocab must be null or a non-empty list of words")
+    return value
+
+
 def _build(cls, data: dict):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    for f in fields(cls):  # configs come from files (checkpoints, bundles): "12" is not 12, "no" is not False
+        if f.name in data:
+            _check_type(cls.__name__, f.name, data[f.name], f.default)
     return cls(**data)
+
+
+MAX_SIZE = 1 << 16  # any width, depth or patch of a config: far above real models, a bound on what a file can ask
+
+
+def _check_type(owner: str, name: str, value, default) -> None:
+    def bad(expected: str):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return ConfigError(f"{owner}.{name} must be {expected}, got {shown}")
+
+    def size(v, low: int = 1) -> bool:
+        return type(v) is int and low <= v <= MAX_SIZE
+
+    if isinstance(default, bool):
+        if type(value) is not bool:
+            raise bad("true or false")
+    elif isinstance(default, int):
+        low = 0 if (owner, name) == ("PredictorConfig", "depth") else 1  # a predictor may have no blocks
+        if not size(value, low):
+            raise bad(f"an integer from {low} to {MAX_SIZE}")
+    elif isinstance(default, float):
+        if type(value) not in (int, float) or not math.isfinite(value) or not 0 < value <= MAX_SIZE:
+            raise bad(f"a positive number up to {MAX_SIZE}")
+    elif isinstance(default, str):
+        if type(value) is not str:
+            raise bad("a string")
+    elif name == "patch_size":
+        if not (isinstance(value, list | tuple) and len(value) == 3 and all(size(v) for v in value)):
+            raise bad("3 positive integers")
+    elif name == "rope_axes":
+        if value is not None and not (
+            isinstance(value, list | tuple)
+            and len(value) == 3
+            and all(type(v) is int and 0 <= v <= MAX_SIZE for v in value)
+        ):
+            raise bad("null or 3 non-negative integers")
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,6 @@ from disca.runtime.schedule import (
 from disca.runtime.text import hash_embed
 from disca.vocab import Vocabulary
 
-MAX_LATENT = 1 << 31  # elements (8 GiB of float32): far above real video latents, below an allocation that kills
 DEMO_BUNDLE = SHIPPED_DEMO  # the trained demo model, shipped in the package
 demo_bundle = shipped_demo  # its path; `Pipeline.load("demo")` opens it
 
@@ -70,7 +68,12 @@ class Pipeline:
     def load(cls, path, backend: str = "onnxruntime", verify: bool = False, **backend_options) -> Pipeline:
         """Open a bundle and activate a backend on it (`verify` checks every file's sha256)."""
         bundle = Bundle.open(path, verify=verify)
-        return cls(bundle, get_backend(backend, bundle, **backend_options).activate())
+        active = get_backend(backend, bundle, **backend_options).activate()
+        try:
+            return cls(bundle, active)
+        except BaseException:  # e.g. a bad text table: release the sessions the caller never gets to close
+            active.deactivate()
+            raise
 
     def close(self) -> None:
         self.backend.deactivate()
@@ -212,9 +215,8 @@ class Pipeline:
         shape = self.latent_shape(frames, height, width, batch)
         _, _, frames, height, width = shape
         steps = None if steps is None else positive_int("steps", steps, MAX_STEPS)
-        self.bundle.ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)  # first
-        if math.prod(shape) > MAX_LATENT:  # a bundle's ranges are untrusted
-            raise ShapeError(f"a latent of {'x'.join(map(str, shape))} is too large")
+        # first: the ranges are bounded by the manifest's schema (disca.manifest.MAX_LATENT)
+        self.bundle.ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)
         text = self.embed_prompt(prompt) if prompt is not None else float_array("text embeddings", text_embeddings)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))
@@ -245,8 +247,8 @@ class Pipeline:
 def _text_table(bundle: Bundle) -> np.ndarray:
     """The bundle's (vocabulary, Dt) word-embedding table, checked: it is untrusted input like the rest."""
     path = bundle.text_path
-    try:
-        table = np.load(path, allow_pickle=False)
+    try:  # mapped, not read: a header may declare any shape, and it is checked before anything is allocated
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise BundleError(f"bundle {bundle.path}: the text table {path.name} (text.file) is unreadable: {e}") from None
     want = (len(bundle.manifest["text"]["vocab"]), bundle.text_dim)
@@ -255,4 +257,4 @@ def _text_table(bundle: Bundle) -> np.ndarray:
         raise BundleError(f"bundle {bundle.path}: the text table {path.name} must be float {want}, got {got}")
     if not np.isfinite(table).all():
         raise BundleError(f"bundle {bundle.path}: the text table {path.name} contains NaN or Inf")
-    return table.astype(np.float32, copy=False)
+    return np.array(table, dtype=np.float32)  # a copy in memory: the file may change or go after this

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from disca.errors import NonFiniteError
+from disca.errors import BundleError, NonFiniteError
 from disca.runtime.backends.base import Backend
 from disca.runtime.schedule import Policy, sigmas
 
@@ -76,6 +76,15 @@ class RunStats:
         return out
 
 
+def _check_velocity(u, x, step: int, graph: str) -> None:
+    """A velocity must have the latent's shape: numpy would broadcast a smaller one into a wrong video."""
+    if tuple(u.shape) != tuple(x.shape):
+        raise BundleError(
+            f"step {step}: the {graph} graph returned a velocity of shape {tuple(u.shape)}, not the latent's "
+            f"{tuple(x.shape)}: the bundle's graph does not match its manifest; re-export it"
+        )
+
+
 def denoise(
     backend: Backend,
     latent: np.ndarray,
@@ -117,6 +126,7 @@ def denoise(
         ms = (time.perf_counter() - t0) * 1e3
         stats.add(graph, ms)
         stats.per_step.append((i, graph, ms, probe_ms))
+        _check_velocity(u, x, i, graph)
         if not backend.isfinite(u) or (full and not backend.isfinite(cache)):
             raise NonFiniteError(f"step {i}: the {graph} graph produced NaN or Inf")
         x = x + float(sig[i + 1] - sig[i]) * u
@@ -149,6 +159,7 @@ def denoise_cfg(
         t0 = time.perf_counter()
         cond, _ = backend.full(x, t, t, text)
         uncond, _ = backend.full(x, t, t, null_text)
+        _check_velocity(cond, x, i, "full")
         backend.synchronize()
         stats.add("full", (time.perf_counter() - t0) * 1e3, calls=2)
         x = x + float(sig[i + 1] - sig[i]) * (uncond + guidance * (cond - uncond))

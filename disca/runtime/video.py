@@ -25,6 +25,7 @@ def to_frames(latent: np.ndarray, upscale: int = 1) -> np.ndarray:
             f"only a 3-channel (RGB pixel-space) latent can be written as a video, got shape {latent.shape}: "
             "write .npy and decode it with your VAE"
         )
+    check_frames_size(latent.shape, upscale)
     x = np.concatenate(list(latent), axis=-1)  # (3, F, H, B*W)
     x = np.clip((x.transpose(1, 2, 3, 0) + 1) * 127.5, 0, 255).round().astype(np.uint8)
     if upscale > 1:
@@ -32,9 +33,25 @@ def to_frames(latent: np.ndarray, upscale: int = 1) -> np.ndarray:
     return x
 
 
+MAX_FRAMES_BYTES = 1 << 32  # 4 GiB of 8-bit frames: far above any clip worth a GIF, below an allocation that kills
+
+
+def check_frames_size(shape, upscale: int) -> None:
+    """The written frames of a (B, C, F, H, W) latent at `upscale` fit in memory (checked before a run)."""
+    b, _, f, h, w = shape
+    size = b * f * h * w * 3 * upscale * upscale
+    if size > MAX_FRAMES_BYTES:
+        raise DiscaError(
+            f"--upscale {upscale} makes {f} frames of {h * upscale}x{b * w * upscale} pixels ({size / 2**30:.0f} GiB): "
+            "lower --upscale, or write .npy and resize it yourself"
+        )
+
+
 def check_path(path) -> str:
     """The output's format (its suffix), or a DiscaError: check before a run (format and writability), not after it."""
     ext = Path(path).suffix.lower()
+    if not ext and Path(path).name.startswith(".") and Path(path).name.lower() in FORMATS:
+        raise DiscaError(f"cannot write {Path(path).name}: give the file a name, e.g. clip{Path(path).name}")
     if ext not in FORMATS:
         raise DiscaError(f"cannot write {Path(path).name}: the output must end in one of {', '.join(FORMATS)}")
     check_writable(path, "output")

@@ -19,10 +19,20 @@ from pathlib import Path
 
 import torch
 
+from disca._atomic import check_writable
 from disca.errors import CheckpointError
-from disca.models.checkpoint import Checkpoint, load_checkpoint, read_config, save_checkpoint
+from disca.models.checkpoint import (
+    OWN_FILES,
+    Checkpoint,
+    foreign_entries,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
 
 LOG, BEST = "log.jsonl", "best"
+OPTIMIZER = ("optimizer.safetensors", "optimizer.json")
+RUN_FILES = (*OWN_FILES, *OPTIMIZER, LOG, BEST)  # all a training run keeps in its --out
 
 
 def step_generators(seed: int, step: int, device="cpu"):
@@ -118,6 +128,7 @@ def load_optimizer(out, opt: torch.optim.Optimizer) -> bool:
 def resume_point(out, stage: str) -> tuple[Checkpoint, int] | None:
     """The checkpoint and step to resume a `stage` run in `out` from, or None for a fresh run."""
     out = Path(out)
+    check_out(out, {})  # the library's callers too: refused before the run, not at its first checkpoint
     if not (out / "config.json").is_file():
         if out.exists() and any(p.name not in (LOG, BEST) for p in out.iterdir()):  # a run stopped before its
             # first checkpoint leaves only these
@@ -127,3 +138,51 @@ def resume_point(out, stage: str) -> tuple[Checkpoint, int] | None:
     if meta.get("stage") != stage:
         raise CheckpointError(f"{out} holds a {meta.get('stage')!r} run, not {stage!r}: choose another --out")
     return load_checkpoint(out, require_predictor=stage == "predictor", ema=False), int(meta["step"])
+
+
+def check_out(out, inputs: dict) -> None:
+    """Refuse, before any work, an --out whose checkpoints would replace something else: every save replaces the
+    directory whole. `inputs`: {option: path} of the directories the run reads (e.g. {"--teacher": path})."""
+    out = Path(out)
+    check_writable(out, "checkpoint directory (--out)", directory=True)
+    here = out.resolve()
+    for option, path in inputs.items():
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        if path == here:
+            raise CheckpointError(f"--out {out} is {option} itself: choose another --out")
+        if here in path.parents:
+            raise CheckpointError(
+                f"{option} {path} is inside --out {out}, whose checkpoints would delete it: choose another --out"
+            )
+    for parent in here.parents:
+        if _is_checkpoint(parent):
+            raise CheckpointError(
+                f"--out {out} is inside the checkpoint {parent}, whose next save would delete it: "
+                "choose a directory outside it"
+            )
+    if not out.is_dir():
+        return
+    foreign = foreign_entries(out, RUN_FILES)
+    if (out / BEST).exists() and not (out / BEST / "config.json").is_file():
+        foreign.append(BEST)  # not a best/ of ours: the next checkpoint would not carry it along
+    elif (out / BEST).exists():
+        foreign += [f"{BEST}/{name}" for name in foreign_entries(out / BEST, OWN_FILES)]
+    if not foreign:
+        return
+    nested = [name for name in foreign if _is_checkpoint(out / name)]
+    if not nested and not (out / "config.json").is_file():
+        raise CheckpointError(f"{out} exists and is not a disca checkpoint: choose another --out")
+    what = f"the checkpoint {out / nested[0]}" if nested else ", ".join(str(out / name) for name in foreign[:3])
+    raise CheckpointError(
+        f"--out {out} holds {what}, which its next checkpoint would delete: move it out or choose another --out"
+    )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        read_config(path)
+    except CheckpointError:
+        return False
+    return True

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from disca.bundle import Bundle
-from disca.cli._common import clean_errors
+from disca.cli._common import FiniteFloat, clean_errors
 from disca.cli.export._common import calibration_samples, samples_option
 
 
@@ -20,24 +20,43 @@ from disca.cli.export._common import calibration_samples, samples_option
 @click.option("--backend", "backends", default="onnxruntime", show_default=True, help="Backends, comma-separated.")
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts for the end-to-end check, one per line.")
 @samples_option(8, "Prompt x seed samples of the end-to-end check.")
+@click.option(
+    "--min-psnr",
+    type=FiniteFloat(),
+    help="Lowest DisCa-vs-all-full PSNR (dB) that passes [default: 25; a bundle's stored thresholds may raise it].",
+)
+@click.option(
+    "--max-adherence-drop",
+    type=FiniteFloat(min=0),
+    help="Largest adherence drop from all-full that passes [default: 0.02; a bundle's may lower it].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def validate_cmd(bundle, backends, prompts, samples, as_json):
+def validate_cmd(bundle, backends, prompts, samples, min_psnr, max_adherence_drop, as_json):
     """Check BUNDLE before deploying it: every graph variant on every backend against the fp32
-    reference (two shapes), and DisCa end to end against all-full sampling, with the thresholds
-    stored in the manifest. Exits non-zero when anything fails.
+    reference (two shapes), and DisCa end to end against all-full sampling. The pass thresholds are the
+    defaults or the options below; thresholds stored in the manifest can only make them stricter.
+    Exits non-zero when anything fails.
 
     \b
     Examples:
       disca-export validate demo
       disca-export validate bundles/student --backend onnxruntime,torch --json   # needs a bundle with weights
     """
-    from disca.calibration.validation import validate_bundle
+    from disca.calibration.validation import thresholds, validate_bundle
+    from disca.runtime.backends import BACKENDS
 
+    names = list(dict.fromkeys(x.strip() for x in backends.split(",") if x.strip()))
+    unknown = [n for n in names if n not in BACKENDS]
+    if not names or unknown:
+        got = f"unknown backend {unknown[0]!r}" if unknown else "no backend"
+        raise click.BadParameter(
+            f"{got}; give one or more of {', '.join(BACKENDS)}, comma-separated", param_hint="--backend"
+        )
     b = Bundle.open(bundle)
-    names = [x.strip() for x in backends.split(",") if x.strip()]
     cal = calibration_samples(b, prompts, samples)
-    report = validate_bundle(bundle, cal, names, log=Console(stderr=True).print)
+    limits = thresholds(b, min_psnr_db=min_psnr, max_adherence_drop=max_adherence_drop)
+    report = validate_bundle(bundle, cal, names, log=Console(stderr=True).print, limits=limits)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -72,5 +91,10 @@ def validate_cmd(bundle, backends, prompts, samples, as_json):
             click.echo(
                 f"end to end {e['backend']} {e['precision']}: DisCa vs all-full {e['psnr_db']} dB{adh}: {verdict}"
             )
+    if report["unchecked"]:
+        raise click.ClickException(
+            f"bundle {bundle} was not validated on {', '.join(report['unchecked'])}: nothing of it could run here "
+            "(the table says why); drop it from --backend or run where it can"
+        )
     if not report["ok"]:
         raise click.ClickException(f"bundle {bundle} failed validation (thresholds: {report['thresholds']})")

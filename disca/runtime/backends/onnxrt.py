@@ -10,6 +10,7 @@ import numpy as np
 from disca.engines import ENGINE_DIR, profile_shapes
 from disca.errors import BackendUnavailable, BundleError, DiscaError
 from disca.runtime.backends.base import HEAD_USERS, Backend
+from disca.runtime.backends.graph_ops import CONTROL_FLOW, op_types
 from disca.runtime.inputs import positive_int
 
 # Where each execution provider keeps its tensors (for I/O binding).
@@ -192,7 +193,9 @@ class OnnxRuntimeBackend(Backend):
         self.sessions = {}
         if "TensorrtExecutionProvider" in self.providers:
             try:
-                (self.bundle.path / ORT_TRT_CACHE).mkdir(parents=True, exist_ok=True)
+                cache = self.bundle.resolve(ORT_TRT_CACHE, "(the TensorRT provider's cache)")  # not via a symlink out
+                cache.mkdir(parents=True, exist_ok=True)
+                self.bundle.resolve(ORT_TRT_CACHE, "(the TensorRT provider's cache)")  # nor one made meanwhile
             except OSError as e:
                 raise BackendUnavailable(
                     f"the TensorRT provider keeps its engines in the bundle, and {self.bundle.path} is not writable "
@@ -207,6 +210,7 @@ class OnnxRuntimeBackend(Backend):
         ]
         for graph in graphs:
             path = self.bundle.graph_path(graph, self.precision)
+            _check_ops(graph, path, self.bundle)
             try:
                 providers = provider_options(self.providers, self.bundle, graph, self.device_id)
                 session = ort.InferenceSession(
@@ -222,7 +226,7 @@ class OnnxRuntimeBackend(Backend):
             if can_report:
                 self.placement[graph] = placement(session)
                 check_placement(self.placement[graph], self.providers[0], graph)
-            _check_inputs(graph, session, self.bundle)
+            _check_io(graph, session, self.bundle)
             self.sessions[graph] = session
         self.device = _DEVICE.get(self.providers[0], "cpu")
         self._out = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
@@ -287,17 +291,52 @@ class OnnxRuntimeBackend(Backend):
         return x if isinstance(x, np.ndarray) else x.numpy()  # velocities are numpy, the cache an OrtValue
 
 
-def _check_inputs(graph: str, session, bundle) -> None:
-    """The graph's inputs are those its manifest declares (names, fixed dims): the runtime sizes its arrays from
-    the declaration, so a manifest that lies about the graph must fail here, not in an allocation or in ORT."""
-    declared = {t.name: t.shape for t in bundle.specs[graph].inputs}
+def _check_ops(graph: str, path, bundle) -> None:
+    """No control flow (`graph_ops.CONTROL_FLOW`): disca's graphs have none, and a hostile Loop never returns."""
+    try:
+        found = op_types(path) & CONTROL_FLOW
+    except (OSError, ValueError):
+        return  # not readable as ONNX: ONNX Runtime's load reports it, in its words
+    if found:
+        raise BundleError(
+            f"bundle {bundle.path}: the {graph} graph holds control flow ({', '.join(sorted(found))}), which "
+            "disca's exported graphs never do; refusing to run it (re-export the bundle with disca-export)"
+        )
+
+
+_FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(bfloat16)"}
+
+
+def _check_io(graph: str, session, bundle) -> None:
+    """The graph's inputs and outputs are those its manifest declares (names, ranks, fixed dims; outputs in
+    order and floating point): the runtime sizes its arrays from the declaration and unpacks the outputs by
+    position, so a manifest that lies about the graph must fail here, not in an allocation, in ORT, or as a
+    velocity of the wrong shape broadcast into the latent."""
+    spec = bundle.specs[graph]
+
+    def differs(declared, actual, inferred: bool = False) -> bool:
+        # An output's dim may be a symbolic expression where the manifest has a number (the exporter could not
+        # simplify it): only numbers are compared there, and the sampler checks the velocity's shape each step.
+        return len(declared) != len(actual) or any(
+            isinstance(d, int) and d != a and not (inferred and isinstance(a, str)) for d, a in zip(declared, actual)
+        )
+
+    declared = {t.name: t.shape for t in spec.inputs}
     actual = {i.name: i.shape for i in session.get_inputs()}
-    mismatch = set(declared) != set(actual) or any(
-        len(declared[n]) != len(actual[n]) or any(isinstance(d, int) and d != a for d, a in zip(declared[n], actual[n]))
-        for n in declared
-    )
-    if mismatch:
+    if set(declared) != set(actual) or any(differs(declared[n], actual[n]) for n in declared):
         raise BundleError(
             f"bundle {bundle.path}: the {graph} graph's inputs {actual} do not match the manifest's "
             f"graphs.{graph}.spec {declared}"
+        )
+    declared_out = [(t.name, t.shape) for t in spec.outputs]
+    outputs = session.get_outputs()
+    actual_out = [(o.name, o.shape) for o in outputs]
+    if (
+        [n for n, _ in declared_out] != [n for n, _ in actual_out]
+        or any(differs(d, a, inferred=True) for (_, d), (_, a) in zip(declared_out, actual_out))
+        or any(o.type not in _FLOAT_TYPES for o in outputs)
+    ):
+        raise BundleError(
+            f"bundle {bundle.path}: the {graph} graph's outputs {[(o.name, o.shape, o.type) for o in outputs]} do not "
+            f"match the manifest's graphs.{graph}.spec {declared_out} (floating point, in that order)"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from disca.errors import BackendUnavailable, BundleError, DiscaError
@@ -40,6 +42,7 @@ class TorchBackend(Backend):
             if weights is None:
                 raise BundleError(f"bundle {self.bundle.path} has no PyTorch weights (exported with --no-weights)")
             ckpt = load_checkpoint(weights)
+            _check_config(self.bundle, ckpt.cfg.to_dict())
             dit, predictor = ckpt.dit, ckpt.predictor
         self.torch = torch
         self.full_graph = FullGraph(dit).to(self.device)
@@ -104,3 +107,16 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             self.torch.cuda.synchronize()
+
+
+def _check_config(bundle, weights_model: dict) -> None:
+    """The weights' model config is the one the manifest declares (and the graphs were exported from): the
+    runtime sizes latents and text from the manifest, the torch modules from the weights."""
+    declared = bundle.manifest["model"]
+    plain = json.loads(json.dumps(weights_model))  # tuples as lists, as in the manifest
+    differ = [k for k in ("dit", "predictor", "vocab") if k in declared and declared[k] != plain.get(k)]
+    if differ:
+        raise BundleError(
+            f"bundle {bundle.path}: the model config of its weights ({bundle.weights_dir.name}/config.json) differs "
+            f"from the manifest's model.{differ[0]}: re-export the bundle from one checkpoint"
+        )
