@@ -177,3 +177,22 @@ def atomic_file(path: str | os.PathLike):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def write_together(directory: str | os.PathLike, writers: dict) -> None:
+    """Write a report's files (`writers`: {name: callable(path)}) into `directory` as one set: all are rendered in a
+    temporary directory first, then renamed into place, so an error or a kill while rendering leaves the previous
+    set whole rather than new files next to old ones. Other files in `directory` are not touched."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with sigterm_as_exit():
+        tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=directory))
+        try:
+            for name, write in writers.items():
+                write(tmp / name)
+            for name in writers:
+                os.chmod(tmp / name, 0o666 & ~current_umask())
+                os.replace(tmp / name, directory / name)
+            fsync_dir(directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -118,6 +118,7 @@ def is_bundle(path) -> bool:
 def refuse_non_bundle(path) -> None:
     """Raise unless `path` is free, an empty directory or a disca bundle: replacing must never delete anything else."""
     path = Path(path)
+    resolve_bundle(path, write=True)  # nor the shipped demo, which is part of the installed package
     empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
     if (path.exists() or path.is_symlink()) and not empty_dir and not is_bundle(path):
         raise BundleError(f"{path} exists and is not a disca bundle: refusing to replace it (choose another --out)")
@@ -147,6 +148,8 @@ class Bundle:
         if not isinstance(path, str | os.PathLike):
             raise BundleError(f"a bundle path must be a str or a path, got {type(path).__name__}")
         path = resolve_bundle(path)
+        if path.exists() and not path.is_dir():
+            raise BundleError(f"bundle {path} is a file; a bundle is the directory holding manifest.json")
         if not path.is_dir():
             raise BundleError(f"bundle {path} does not exist (create one with `disca-export onnx`)")
         mfile = path / MANIFEST
@@ -358,9 +361,10 @@ class Bundle:
     def graph_path(self, graph: str, precision: str = "fp32") -> Path:
         variants = self.manifest["graphs"][graph]["variants"]
         if precision not in variants:
+            target = "a copy of it" if self.path.resolve() == SHIPPED_DEMO else self.path  # the package is not changed
             make = {  # the commands that make a variant
-                "fp16": f": re-export it with `disca-export onnx ... --out {self.path} --precision fp32,fp16`",
-                "fp8": f": make it with `disca-export calibrate {self.path}` (or re-export with --precision fp32,fp8)",
+                "fp16": f": re-export it with `disca-export onnx ... --out {target} --precision fp32,fp16`",
+                "fp8": f": make it with `disca-export calibrate {target}` (or re-export with --precision fp32,fp8)",
             }.get(precision, "")
             raise BundleError(
                 f"bundle {self.path} has no {precision} variant of the {graph} graph "

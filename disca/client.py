@@ -12,12 +12,13 @@ with Client("localhost:8000") as client:            # Client("localhost:8001", g
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from disca.errors import BackendUnavailable, DiscaError
-from disca.serving.protocol import INPUT_BY_NAME, MODEL_NAME
+from disca.errors import BackendUnavailable, DiscaError, InputError
+from disca.serving.protocol import INPUT_BY_NAME, MODEL_NAME, TensorDef
 
 
 class ServerError(DiscaError):
@@ -43,8 +44,33 @@ def _tritonclient(grpc: bool):
     return module, InferenceServerException, np_to_triton_dtype
 
 
+def _number(name: str, tensor: TensorDef, value):
+    """One scalar input, checked against its wire type: numpy would wrap 2**31 into an int32 silently
+    (and 2**63 overflow with a traceback), and round 1e39 to an FP32 inf."""
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "iufO":
+        raise InputError(f"{name} must be one number, got {value!r}")
+    number = array.reshape(-1)[0]
+    number = number.item() if isinstance(number, np.generic) else number  # an object array holds a Python int
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise InputError(f"{name} must be one number, got {value!r}")
+    if tensor.dtype == "TYPE_FP32":
+        if not (math.isfinite(number) and abs(number) <= np.finfo(np.float32).max):
+            raise InputError(f"{name} must be a finite number within float32 range, got {number}")
+        return number
+    if isinstance(number, float) and not number.is_integer():
+        raise InputError(f"{name} must be a whole number, got {number}")
+    info = np.iinfo(tensor.numpy_dtype)
+    low = 0 if name == "seed" else info.min  # the server draws noise from non-negative seeds only
+    if not low <= number <= info.max:
+        wire = tensor.dtype.removeprefix("TYPE_")
+        raise InputError(f"{name} must be an integer from {low} to {info.max} (the model's {wire} input), got {number}")
+    return int(number)
+
+
 def request_arrays(**values) -> dict[str, np.ndarray]:
-    """Keyword values (None: left out) -> the model's input arrays, batch dim first."""
+    """Keyword values (None: left out) -> the model's input arrays, batch dim first. Values the wire types
+    cannot carry (an out-of-range integer, an empty array) are refused here, naming the input."""
     arrays = {}
     for name, value in values.items():
         if value is None:
@@ -54,10 +80,31 @@ def request_arrays(**values) -> dict[str, np.ndarray]:
         tensor = INPUT_BY_NAME[name]
         if tensor.dtype == "TYPE_STRING":
             arrays[name] = np.array([[str(value).encode()]], dtype=np.object_)
+        elif tensor.dims == (1,):
+            arrays[name] = np.array([[_number(name, tensor, value)]], tensor.numpy_dtype)
         else:
-            array = np.asarray(value, tensor.numpy_dtype)
-            arrays[name] = array.reshape(1, -1) if tensor.dims == (1,) else array[None]
+            try:
+                array = np.asarray(value, tensor.numpy_dtype)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"{name} must be a float array, got {type(value).__name__}: {e}") from None
+            if array.ndim != len(tensor.dims) or array.size == 0:
+                want = (
+                    "[L, D] array (one row per token)" if name == "text_embeddings" else f"{len(tensor.dims)}-D array"
+                )
+                raise InputError(f"{name} must be a non-empty {want}, got shape {list(array.shape)}")
+            arrays[name] = array[None]
     return arrays
+
+
+def _one_line(message: str) -> str:
+    """A server's error as one line: a traceback (from PyTriton, when an input never reached disca) is cut to
+    its last line, the exception itself."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    head = message.split("Traceback (most recent call last)")[0].rstrip(": \n")
+    lines = [line.strip() for line in message.split("\nAt:")[0].splitlines()]
+    last = next((line for line in reversed(lines) if line and not line.startswith(("File ", "^", "~"))), "")
+    return f"{head}: {last} (the server's log has the traceback)"
 
 
 class Client:
@@ -99,7 +146,8 @@ class Client:
             kwargs = {"client_timeout": self.timeout_s} if self.grpc else {}
             response = self._client.infer(self.model, inputs, **kwargs)
         except self._exception as e:
-            raise ServerError(f"{self.url}: {e.message() if hasattr(e, 'message') else e}") from None
+            message = e.message() if hasattr(e, "message") else str(e)
+            raise ServerError(f"{self.url}: {_one_line(message or str(e))}") from None
         except OSError as e:
             raise ServerError(f"cannot reach the server at {self.url}: {e}") from None
         error = response.as_numpy("error").reshape(-1)[0]

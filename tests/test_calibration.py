@@ -64,6 +64,12 @@ def test_fp8_calibration_writes_variants_and_applies_the_sensitivity_rule(bundle
     assert [x.module for x in report.layers if x.fp8] == ["predictor.fusion.0"]
     assert _quantized(bundle_copy, "full") == 0 and _quantized(bundle_copy, "predictor") == 1
 
+    # A layer name that is in neither graph (a typo) is refused before any work, the bundle untouched.
+    before = (bundle_copy / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError, match="--keep-fp16: no layer is named 'dit.blocks.1.linear9'"):
+        calibrate_fp8(bundle_copy, cal, keep_fp16={"dit.blocks.1.linear2", "dit.blocks.1.linear9"})
+    assert (bundle_copy / "manifest.json").read_bytes() == before
+
 
 def test_greedy_schedule_search_takes_the_best_step_each_round(tiny_bundle):
     b = Bundle.open(tiny_bundle)

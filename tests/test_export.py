@@ -97,6 +97,20 @@ def test_bad_ranges_and_opset_fail_before_writing(tiny_model, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_fixed_size_range_exports_and_runs_at_that_size(tiny_model, tmp_path):
+    """`--text-len 8` or `--frames 2:2:2` (min == max): torch.export refuses a Dim with min == max."""
+    from disca.runtime import Pipeline
+
+    cfg, dit, predictor = tiny_model
+    ranges = ShapeRanges(batch=[1, 1, 1], frames=[2, 2, 2], height=[4, 8, 12], width=[8, 8, 8], text_len=[4, 4, 4])
+    out = build_bundle(cfg, dit, predictor, tmp_path / "fixed", ranges=ranges)
+    with Pipeline.load(out) as pipe:
+        video = pipe.generate(text_embeddings=np.ones((4, 16), np.float32), steps=3, anchors=[0, 2], height=4).video
+        assert video.shape == (1, 3, 2, 4, 8) and np.isfinite(video).all()
+        with pytest.raises(ShapeError, match="text_len=5 is outside the bundle's range 4..4"):
+            pipe.generate(text_embeddings=np.ones((5, 16), np.float32), steps=3, anchors=[0, 2])
+
+
 def test_atomic_directory_keeps_the_old_one_on_failure(tmp_path):
     target = tmp_path / "bundle"
     target.mkdir()

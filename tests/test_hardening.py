@@ -565,6 +565,33 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path):
         refuse_non_bundle(notes / "todo.txt")
 
 
+def test_overwrite_refuses_the_shipped_demo():
+    from disca.bundle import SHIPPED_DEMO, refuse_non_bundle
+
+    with pytest.raises(BundleError, match="shipped demo bundle is part of the package"):
+        refuse_non_bundle(SHIPPED_DEMO)  # `disca-export onnx --out <the installed demo> --overwrite`
+
+
+def test_a_report_is_replaced_as_a_set_or_not_at_all(tmp_path):
+    from disca._atomic import write_together
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "mine.txt").write_text("the user's")
+    write_together(report, {"a.json": lambda p: p.write_text("old a"), "b.png": lambda p: p.write_text("old b")})
+
+    def fails(path):
+        raise Injected("the plot failed")
+
+    with pytest.raises(Injected):
+        write_together(report, {"a.json": lambda p: p.write_text("new a"), "b.png": fails})
+    assert {p.name: p.read_text() for p in report.iterdir()} == {
+        "mine.txt": "the user's",
+        "a.json": "old a",
+        "b.png": "old b",
+    }
+
+
 # ----------------------------------------------------------------------------- input checks at the edge
 
 
@@ -582,6 +609,13 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path):
         ("bench", [DEMO, "--teacher-steps", "0"], "--teacher-steps"),
         ("bench", [DEMO, "--guidance", "inf"], "--guidance"),
         ("bench", [DEMO, "--teacache", "nan"], "--teacache"),
+        # contradictory options: --gaps-only / --on-runs redo the per-gap choice that --predictor-only skips
+        (export_cli, ["schedule", "COPY", "--gaps-only", "--predictor-only"], "--gaps-only redoes the per-gap choice"),
+        (export_cli, ["schedule", "COPY", "--on-runs", "--predictor-only"], "--on-runs redoes the per-gap choice"),
+        (export_cli, ["schedule", "COPY", "--gaps-only", "--rounds", "0"], "--gaps-only keeps the stored anchor lists"),
+        (export_cli, ["schedule", "COPY", "--gaps-only", "--anchors", "5"], "--gaps-only keeps the stored anchor"),
+        (export_cli, ["calibrate", "COPY", "--keep-fp16", "no.such.layer"], "--keep-fp16: no layer is named"),
+        (export_cli, ["validate", "afile"], "is a file; a bundle is the directory holding manifest.json"),
     ],
 )
 def test_other_clis_refuse_bad_options_before_any_work(cli, args, message, tmp_path, monkeypatch):
@@ -740,6 +774,10 @@ def test_api_raises_disca_errors_for_arrays_and_lists(pipe, latent, message, as_
         ({"anchors": 2.5}, "anchors must be"),
         ({"anchors": [0, "a"]}, "anchor steps must be integers"),
         ({"policy": "bogus"}, "unknown policy"),
+        ({"threshold": 0.3}, "threshold applies to"),  # arguments that would change nothing
+        ({"policy": "teacache"}, "teacache chooses its anchors online"),
+        ({"policy": "full"}, "run every step full"),  # with anchors [0, 2]: which one did the caller mean?
+        ({"anchors": "full", "policy": "reuse"}, "run every step full"),
         ({"prompt": b"a red circle"}, "the prompt must be text"),
         ({"prompt": None, "text_embeddings": np.zeros((4, 32), np.int8)}, "text embeddings must be a float array"),
         ({"prompt": None, "text_embeddings": [[float("nan")] * 32]}, "text embeddings contains NaN"),
@@ -751,6 +789,28 @@ def test_api_refuses_bad_arguments(pipe, kwargs, message):
         pipe.generate(kwargs.pop("prompt"), **kwargs)
     assert message in str(e.value)
     assert isinstance(e.value, DiscaError) and "\n" not in str(e.value)
+
+
+def test_a_seed_list_must_give_one_seed_per_video(pipe):
+    for seed, batch in (([1, 2], 3), ([], 1)):
+        with pytest.raises(InputError, match="one seed per video"):
+            pipe.generate(PROMPT, **SMALL, steps=3, anchors=[0, 2], seed=seed, batch=batch)
+    zero_d = pipe.generate(PROMPT, **SMALL, steps=3, anchors=[0, 2], seed=np.array(3)).video
+    np.testing.assert_array_equal(zero_d, pipe.generate(PROMPT, **SMALL, steps=3, anchors=[0, 2], seed=3).video)
+
+
+def test_metrics_refuse_what_numpy_would_broadcast():
+    from disca.metrics import psnr, ssim
+
+    a, b = np.zeros((1, 3, 2, 8, 8)), np.stack([np.zeros((3, 2, 8, 8)), np.ones((3, 2, 8, 8))])
+    for metric in (psnr, ssim):
+        with pytest.raises(InputError, match="differ in shape"):
+            metric(a, b)  # would be a figure over a half-equal pair
+    with pytest.raises(InputError, match="data_range"):
+        psnr(a, a + 1, data_range=0)
+    with pytest.raises(InputError, match="window"):
+        ssim(np.zeros((4, 4)), np.zeros((4, 4)))  # the default window (7) is larger than the frame
+    assert psnr(b[:1], b[:1] + 0.1) == pytest.approx(10 * np.log10(4 / 0.01))
 
 
 def test_zero_is_never_the_default(pipe):

@@ -235,6 +235,18 @@ def test_bench_cli_errors(tiny_bundle):
     assert "--teacache" in error_line(invoke(bench_cli, [tiny_bundle, "--teacache", "0.1,-1"]))
     line = error_line(invoke(bench_cli, [tiny_bundle, "--samples", "2"]))
     assert "pass --prompts FILE" in line
+    # what would run nothing, run a row twice, or be ignored is refused before any run
+    for args, message in [
+        (["--policies", ""], "expected distinct policy names"),
+        (["--policies", "disca,reuse,disca"], "expected distinct policy names"),
+        (["--policies", "full"], "unknown policy 'full'"),  # the reference of every row, not a row
+        (["--anchors", "8,8"], "expected distinct anchor budgets"),
+        (["--lists", "searched,searched"], "--lists"),
+        (["--policies", "disca", "--teacache", "0.5"], "--teacache sets teacache's thresholds"),
+        (["--policies", "disca", "--dbcache", "0.2/2"], "--dbcache sets the DBCache policies' settings"),
+        (["--backend", "torch", "--threads", "2"], "--threads is for --backend onnxruntime"),
+    ]:
+        assert message in error_line(invoke(bench_cli, [tiny_bundle, *args])), args
 
 
 # ---------------------------------------------------------------- threshold caches (probe graph)

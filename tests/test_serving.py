@@ -23,6 +23,7 @@ from click.testing import CliRunner
 pytest.importorskip("pytriton", reason="needs the serve extra: pip install 'disca[serve]'")
 
 from disca.client import Client, ServerError, request_arrays  # noqa: E402
+from disca.errors import DiscaError  # noqa: E402
 from disca.runtime.pipeline import DEMO_BUNDLE, Pipeline  # noqa: E402
 from disca.serving.batching import ClipRunner  # noqa: E402
 from disca.serving.server import ServeOptions, start  # noqa: E402
@@ -149,9 +150,11 @@ def test_concurrent_requests_are_batched_by_triton(server, pipe):
         (dict(prompt=PROMPT, schedule="0,x,5"), "schedule must be comma-separated step numbers"),
         (dict(prompt=PROMPT, schedule="2,5"), "step 0 must be an anchor"),
         (dict(prompt=PROMPT, policy="magic"), "unknown policy 'magic'"),
+        (dict(prompt=PROMPT, threshold=0.3), "'threshold' applies to"),  # the default policy, disca, has none
+        (dict(prompt=PROMPT, policy="teacache", anchors=5), "teacache chooses its anchors online"),
+        (dict(prompt=PROMPT, policy="reuse", schedule="full"), "policy reuse would do nothing"),
         (dict(prompt=PROMPT, steps=10), "the bundle's default anchors are for 20 steps"),
         (dict(prompt=PROMPT, steps=0, schedule="0"), "steps must be between 1 and 1000, got 0"),
-        (dict(prompt=PROMPT, seed=-1), "seed must be a non-negative integer"),
         (dict(prompt=PROMPT, text_embeddings=np.zeros((4, 32), np.float32)), "give exactly one of"),
     ],
 )
@@ -160,6 +163,51 @@ def test_bad_request_gets_a_clear_error(http, inputs, message):
         http.infer(request_arrays(**inputs))
     assert message in str(e.value)
     assert "Traceback" not in str(e.value)
+
+
+def test_values_the_client_refuses_reach_the_server_cleanly_too(server, http):
+    """A negative seed or a zero-length tensor sent as raw arrays (request_arrays refuses both) gets one line:
+    the seed from disca, the empty tensor (which PyTriton fails on before disca sees it) cut from a traceback."""
+    with pytest.raises(ServerError, match="seed must be a non-negative integer"):
+        http.infer({**request_arrays(prompt=PROMPT), "seed": np.array([[-1]], np.int64)})
+    with Client(f"127.0.0.1:{server.grpc_port}", grpc=True) as grpc:
+        for client in (http, grpc):
+            for shape in ((1, 0, 32), (1, 4, 0)):
+                with pytest.raises(ServerError) as e:
+                    client.infer({"text_embeddings": np.zeros(shape, np.float32)})
+                assert "Traceback" not in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_client_refuses_values_the_wire_cannot_carry(tmp_path):
+    """Checked before anything is sent (no server runs on the port): an INT64 seed from 2**63 overflowed with a
+    traceback, an INT32 width of 2**31 wrapped negative, an empty embedding array got the server's traceback."""
+    from disca.cli.run import main
+
+    for values, message in [
+        (dict(seed=2**63), "seed must be an integer from 0 to 9223372036854775807"),
+        (dict(seed=-1), "seed must be an integer from 0 to"),
+        (
+            dict(width=2**31),
+            "width must be an integer from -2147483648 to 2147483647 (the model's INT32 input), got 2147483648",
+        ),
+        (dict(steps=2.5), "steps must be a whole number"),
+        (dict(threshold=1e39), "threshold must be a finite number"),
+        (dict(text_embeddings=np.zeros((0, 32), np.float32)), "text_embeddings must be a non-empty [L, D] array"),
+    ]:
+        with pytest.raises(DiscaError) as e:
+            request_arrays(prompt=PROMPT, **values)
+        assert message in str(e.value)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 32), np.float32))
+    url = ["--server", f"127.0.0.1:{free_port()}"]
+    for args, message in [
+        (["--prompt", PROMPT, "--seed", str(2**63)], "seed must be an integer from 0 to 9223372036854775807"),
+        (["--prompt", PROMPT, "--width", str(2**31)], "got 2147483648"),
+        (["--text-embeddings", str(tmp_path / "empty.npy")], "got shape [0, 32]"),
+    ]:
+        r = CliRunner().invoke(main, [*url, *args])
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+        # (the module's server logs through this process's stderr too: count only the error lines)
+        assert len([line for line in r.output.splitlines() if line.startswith("Error:")]) == 1
 
 
 def test_malformed_tensors_are_refused_by_triton(http):
@@ -296,3 +344,118 @@ def test_serve_cli_drains_in_flight_requests_on_sigterm(pipe):
     want = pipe.generate(PROMPT, seed=4, frames=8, height=48, width=48).video
     np.testing.assert_allclose(result["clip"].video, want, atol=BATCH_ATOL, rtol=0)
     assert "disca-serve: stopped" in proc.stderr.read()
+
+
+def _export(*args):
+    from disca.cli.export import main
+
+    return CliRunner().invoke(main, ["triton", *map(str, args)])
+
+
+def _tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_export_triton_overwrites_only_a_repository_it_wrote(tmp_path):
+    """--overwrite swapped in a repository for whatever was at --out: a user's directory, a file, the bundle."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE, bundle)  # a copy: a regression must not delete the shipped demo
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("mine")
+    before = _tree(tmp_path)
+    for out, message in [
+        (user, "is not one (it holds notes.txt)"),
+        (plain, "it is a file"),
+        (bundle, "is the bundle itself"),
+        (bundle / "repo", "is inside the bundle"),
+        (tmp_path, "holds the bundle"),
+    ]:
+        r = _export(bundle, "--out", out, "--kind", "cpu", "--overwrite")
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+    assert _tree(tmp_path) == before and not list(tmp_path.glob(".*"))  # nothing lost, no temporaries left
+
+    repo = tmp_path / "repo"
+    assert _export(bundle, "--out", repo, "--kind", "cpu").exit_code == 0
+    (repo / "disca" / "1" / "__pycache__").mkdir()  # as the Python backend leaves it: still disca's repository
+    r = _export(bundle, "--out", repo, "--kind", "cpu", "--instances", "3", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert "count: 3" in (repo / "disca" / "config.pbtxt").read_text()
+    (repo / "other_model").mkdir()  # another model someone added: not disca's to delete
+    r = _export(bundle, "--out", repo, "--kind", "cpu", "--overwrite")
+    assert r.exit_code == 1 and "it holds other_model" in r.output and (repo / "other_model").is_dir()
+    assert "count: 3" in (repo / "disca" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-queue-delay-ms", "nan"], "nan is not a finite number"),
+        (["--max-queue-delay-ms", "1e300"], "0<=x<=60000"),
+        (["--gpus", "-1,0,0"], "expected distinct GPU ids"),
+        (["--gpus", "0,1,1"], "expected distinct GPU ids"),
+        (["--instances", "100000000"], "1<=x<=128"),
+        (["--backend", "tensorrt", "--kind", "cpu"], "TensorRT engines run on a GPU"),
+    ],
+)
+def test_export_triton_refuses_bad_options(tmp_path, args, message):
+    r = _export(DEMO_BUNDLE, "--out", tmp_path / "repo", *args)
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_write_repository_checks_what_the_cli_checks(tmp_path):
+    from disca.serving.repository import write_repository
+
+    for kwargs, message in [
+        (dict(max_queue_delay_ms=float("nan")), "--max-queue-delay-ms must be between 0 and 60000"),
+        (dict(gpus=[0, 0]), "lists a GPU twice"),
+        (dict(gpus=[-1]), "--gpus must list GPU ids"),
+        (dict(instances=10**8), "--instances must be between 1 and 128"),
+        (dict(backend="tensorrt", kind="cpu"), "TensorRT engines run on a GPU"),
+    ]:
+        with pytest.raises(DiscaError) as e:
+            write_repository(DEMO_BUNDLE, tmp_path / "repo", **kwargs)
+        assert message in str(e.value)
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.fixture
+def listening():
+    """A port some other server holds."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_serve_refuses_bad_startup_options_in_one_line(listening):
+    """Each used to hang ~120 s or end in a PyTriton / tritonserver traceback or usage text."""
+    from disca.cli.serve import main
+
+    a, b, c = free_port(), free_port(), free_port()
+    running = set(children("tritonserver"))  # the module's server, if it runs
+    cases = [
+        ([f"--http-port={listening}", f"--grpc-port={b}", f"--metrics-port={c}"], f"--http-port {listening} is in use"),
+        ([f"--http-port={a}", f"--grpc-port={listening}", f"--metrics-port={c}"], f"--grpc-port {listening} is in use"),
+        ([f"--http-port={a}", f"--grpc-port={a}", f"--metrics-port={c}"], "--http-port and --grpc-port are both"),
+        ([f"--http-port={a}", f"--grpc-port={b}", f"--metrics-port={b}"], "--grpc-port and --metrics-port are both"),
+        (["--host=192.0.2.1", f"--http-port={a}"], "cannot serve on --host 192.0.2.1"),  # TEST-NET: not this machine
+        (["--host=no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address"),
+        (["--http-port=-1"], "'--http-port': -1 is not in the range 1<=x<=65535"),
+        (["--metrics-port=70000"], "'--metrics-port': 70000 is not in the range"),
+        (["--max-queue-delay-ms=nan"], "nan is not a finite number"),
+        (["--max-queue-delay-ms=inf"], "inf is not in the range"),
+        (["--instances=100000000"], "1<=x<=128"),
+        # PyTriton's own startup error (it builds http://::1:PORT, an invalid URL), as one line
+        (["--host=::1", f"--http-port={a}", f"--grpc-port={b}", f"--metrics-port={c}"], "::1"),
+    ]
+    for args, message in cases:
+        started = time.time()
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code in (1, 2) and message in r.output, (args, r.output)
+        assert "Traceback" not in r.output and time.time() - started < 30, (args, r.output)
+        assert len([line for line in r.output.splitlines() if line.startswith("Error:")]) == 1
+    assert set(children("tritonserver")) <= running  # none started, none left behind

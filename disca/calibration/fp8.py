@@ -21,6 +21,7 @@ import numpy as np
 from disca.bundle import Bundle, file_entry, fresh_name
 from disca.calibration.dataset import CalibrationSet
 from disca.calibration.trajectories import record_inputs
+from disca.errors import ConfigError
 from disca.exporter import precision as prec
 from disca.exporter.validate import compare
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
@@ -76,6 +77,22 @@ def calibrate_fp8(
 
     bundle = Bundle.open(bundle_path)
     sched = bundle.schedule
+    targets = {  # layer name -> module path, per graph
+        g: {
+            n.name: prec.module_path(n)
+            for n in prec.fp8_targets(onnx.load(str(bundle.graph_path(g)), load_external_data=False))
+        }
+        for g in ("full", "predictor")
+    }
+    known = {x for t in targets.values() for x in (*t, *t.values())}
+    for option, given in (("--keep-fp16", keep_fp16), ("--force-fp8", force_fp8)):
+        unknown = sorted(set(given) - known)
+        if unknown:  # a typo would silently calibrate as if the option were not there
+            examples = ", ".join(sorted(set(targets["full"].values()))[:4])
+            raise ConfigError(
+                f"{option}: no layer is named {unknown[0]!r} in the full or predictor graph; give layer names or "
+                f"module paths as the calibration report lists them (e.g. {examples})"
+            )
     log(f"recording graph inputs over {len(cal)} all-full and DisCa runs...")
     calls = {"full": [], "predictor": []}
     with OnnxRuntimeBackend(bundle) as backend:
@@ -93,7 +110,7 @@ def calibrate_fp8(
         fp16 = prec.to_fp16(onnx.load(str(src)))
         probe = _subsample(calls[graph], sensitivity_samples)
         reference = _run(src, probe)
-        paths = {n.name: prec.module_path(n) for n in prec.fp8_targets(onnx.load(str(src), load_external_data=False))}
+        paths = targets[graph]
         log(f"{graph}: sensitivity of {len(amax)} layers on {len(probe)} recorded inputs...")
         for name in amax:
             got = _run(prec.to_fp8(fp16, amax, only={name}), probe)

@@ -38,6 +38,12 @@ def clean_errors(fn):
     return wrapper
 
 
+def given(name: str) -> bool:
+    """Whether the user passed the current command's option `name` (its value may equal the default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 class FiniteFloat(click.FloatRange):
     """A FloatRange that also refuses nan and inf (which compare False with every bound, so pass a range)."""
 
@@ -65,3 +71,19 @@ def parse_range(text: str, name: str, default_opt: int) -> list[int]:
     if len(parts) == 3:
         return parts
     raise click.BadParameter(f"expected MIN:MAX, MIN:OPT:MAX or N, got {text!r}", param_hint=f"--{name}")
+
+
+def batching_options(fn):
+    """--max-batch and --max-queue-delay-ms: Triton's batcher, as disca-serve and disca-export triton take it."""
+    from disca.serving.repository import MAX_BATCH, MAX_QUEUE_DELAY_MS
+
+    fn = click.option(
+        "--max-queue-delay-ms",
+        default=2.0,
+        show_default=True,
+        type=FiniteFloat(0, MAX_QUEUE_DELAY_MS),
+        help="Batcher wait.",
+    )(fn)
+    return click.option(
+        "--max-batch", type=click.IntRange(1, MAX_BATCH), help="Requests per Triton batch (default: the bundle's max)."
+    )(fn)

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from disca._atomic import write_together
 from disca.benchmark import BENCH_BUDGETS, DEFAULT_POLICIES, LIST_KINDS
-from disca.cli._common import FiniteFloat, clean_errors
+from disca.cli._common import FiniteFloat, clean_errors, given
 from disca.manifest import MAX_STEPS
 
 
@@ -84,12 +85,30 @@ def main(
     bundle = bundle or demo_bundle()
     check_writable(out_dir, "report directory", directory=True)  # before the runs, not after them
     names = [p.strip() for p in policies.split(",") if p.strip()]
+    choices = [p for p in POLICIES if p != "full"]  # all-full is the reference every run is measured against
     for name in names:  # a clear error for an unknown name, before any run
-        if name not in POLICIES:
-            raise click.BadParameter(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        if name not in choices:
+            raise click.BadParameter(
+                f"unknown policy {name!r}; choose from {', '.join(choices)}", param_hint="--policies"
+            )
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter(
+            f"expected distinct policy names, comma-separated, got {policies!r}", param_hint="--policies"
+        )
+    for option, policy in (("adaptive", "disca-adaptive"), ("teacache", "teacache"), ("first_block", "first-block")):
+        if given(f"{option}_thresholds") and policy not in names:
+            raise click.UsageError(
+                f"--{option.replace('_', '-')} sets {policy}'s thresholds, which --policies does not run"
+            )
+    if given("dbcache_settings") and not any(n.startswith("dbcache") for n in names):
+        raise click.UsageError("--dbcache sets the DBCache policies' settings, which --policies does not run")
+    if given("threads") and backend != "onnxruntime":
+        raise click.UsageError(f"--threads is for --backend onnxruntime, not {backend}: drop it")
     ks = _numbers(budgets, int, "--anchors")
+    if len(set(ks)) != len(ks):
+        raise click.BadParameter(f"expected distinct anchor budgets, got {budgets!r}", param_hint="--anchors")
     kinds = [x.strip() for x in lists.split(",") if x.strip()]
-    if not kinds or any(kind not in LIST_KINDS for kind in kinds):
+    if not kinds or any(kind not in LIST_KINDS for kind in kinds) or len(set(kinds)) != len(kinds):
         raise click.BadParameter(f"choose from {', '.join(LIST_KINDS)}, got {lists!r}", param_hint="--lists")
     thresholds = {
         name: _numbers(text, float, option)
@@ -120,10 +139,14 @@ def main(
         guidance=guidance,
         log=console.print,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(report_json(report))
-    (out_dir / "bench.md").write_text(markdown(report) + "\n")
-    plot(report, out_dir / "bench.png")
+    write_together(
+        out_dir,
+        {
+            "bench.json": lambda p: p.write_text(report_json(report)),
+            "bench.md": lambda p: p.write_text(markdown(report) + "\n"),
+            "bench.png": lambda p: plot(report, p),
+        },
+    )
     if as_json:
         click.echo(report_json(report))
     else:

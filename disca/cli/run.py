@@ -10,13 +10,12 @@ from pathlib import Path
 
 import click
 import numpy as np
-from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from disca.bundle import resolve_bundle
-from disca.cli._common import clean_errors, positive_float
+from disca.cli._common import clean_errors, given, positive_float
 from disca.manifest import MAX_STEPS
 from disca.runtime import Pipeline, demo_bundle
 from disca.runtime.backends import BACKENDS
@@ -196,11 +195,6 @@ def main(
     _finish(result, out, fps, upscale, as_json)
 
 
-def _given(name: str) -> bool:
-    """Whether the user passed option `name` (its value may equal the default)."""
-    return click.get_current_context().get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
-
-
 def _refuse_unused_options(policy, schedule, budget, backend, server, out) -> None:
     """An option that would change nothing in this run is an error, not a silent no-op: the user meant something."""
 
@@ -208,15 +202,15 @@ def _refuse_unused_options(policy, schedule, budget, backend, server, out) -> No
         raise click.UsageError(f"{option} {why}: drop it")
 
     threshold_policy = policy in THRESHOLD_POLICIES
-    if _given("threshold") and not threshold_policy:
+    if given("threshold") and not threshold_policy:
         refuse("--threshold", f"applies to the threshold policies ({', '.join(THRESHOLD_POLICIES)}), not {policy}")
-    if schedule is not None and schedule.strip() == "full" and _given("policy"):
+    if schedule is not None and schedule.strip() == "full" and given("policy"):
         refuse("--policy", "does nothing with --schedule full (every step runs the full DiT)")
     if threshold_policy and (schedule is not None or budget is not None):
         refuse("--schedule" if schedule is not None else "--anchors", f"does nothing: {policy} chooses anchors online")
     if server is not None:
         for name in ("backend", "providers", "threads", "precision", "cuda_graphs", "device", "verify"):
-            if _given(name):
+            if given(name):
                 refuse(f"--{name.replace('_', '-')}", "does nothing with --server (the server's backend runs)")
         return
     for name, backends in (
@@ -225,10 +219,10 @@ def _refuse_unused_options(policy, schedule, budget, backend, server, out) -> No
         ("cuda_graphs", ("tensorrt",)),
         ("device", ("torch", "tensorrt")),
     ):
-        if _given(name) and backend not in backends:
+        if given(name) and backend not in backends:
             refuse(f"--{name.replace('_', '-')}", f"is for --backend {' or '.join(backends)}, not {backend}")
     for name in ("fps", "upscale"):
-        if _given(name) and (out is None or out.suffix.lower() == ".npy"):
+        if given(name) and (out is None or out.suffix.lower() == ".npy"):
             refuse(
                 f"--{name}",
                 "applies to a video written with --out (.gif or .mp4), not "

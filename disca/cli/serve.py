@@ -7,10 +7,13 @@ from pathlib import Path
 
 import click
 
-from disca.cli._common import clean_errors
+from disca.cli._common import batching_options, clean_errors
 from disca.cli.run import _backend_options
 from disca.runtime import demo_bundle
 from disca.runtime.backends import BACKENDS
+from disca.serving.repository import MAX_INSTANCES
+
+PORT = click.IntRange(1, 65535)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,13 +31,14 @@ from disca.runtime.backends import BACKENDS
     help="ONNX Runtime intra-op threads per instance (default: all cores; the per-token graphs run on one).",
 )
 @click.option("--device", default="cpu", show_default=True, help="torch / tensorrt device: cpu, cuda, cuda:1.")
-@click.option("--instances", default=1, show_default=True, type=click.IntRange(1), help="Model instances.")
-@click.option("--max-batch", type=click.IntRange(1), help="Requests per Triton batch (default: the bundle's max).")
-@click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0), help="Batcher wait.")
+@click.option(
+    "--instances", default=1, show_default=True, type=click.IntRange(1, MAX_INSTANCES), help="Model instances."
+)
+@batching_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
-@click.option("--http-port", default=8000, show_default=True)
-@click.option("--grpc-port", default=8001, show_default=True)
-@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--http-port", default=8000, show_default=True, type=PORT)
+@click.option("--grpc-port", default=8001, show_default=True, type=PORT)
+@click.option("--metrics-port", default=8002, show_default=True, type=PORT)
 @click.option("--verbose", is_flag=True, help="Log the start-up and shutdown steps (PyTriton at INFO).")
 @clean_errors
 def main(

@@ -41,12 +41,17 @@ FP32_ONLY = ("rest", "tail")
 def _dynamic_shapes(spec: GraphSpec, ranges: ShapeRanges, patch) -> dict:
     from torch.export import Dim
 
-    dims = {"batch": Dim("batch", min=ranges.batch[0], max=ranges.batch[2])}
-    dims["text_len"] = Dim("text_len", min=ranges.text_len[0], max=ranges.text_len[2])
-    for name, p in zip(("frames", "height", "width"), patch):
+    def dim(name: str, p: int = 1):
         lo, _, hi = getattr(ranges, name)
+        # torch.export wants min < max; a fixed size (`--text-len 8`) is kept dynamic one patch wider (a static dim
+        # gets folded into the other dims' products) and the manifest's range, which the runtime enforces, stays N.
+        hi = max(hi, lo + p)
         # A dim that must be a multiple of the patch is declared as p * (a free dim), so export can prove it.
-        dims[name] = Dim(name, min=lo, max=hi) if p == 1 else p * Dim(f"{name}_patches", min=lo // p, max=hi // p)
+        return Dim(name, min=lo, max=hi) if p == 1 else p * Dim(f"{name}_patches", min=lo // p, max=hi // p)
+
+    dims = {"batch": dim("batch"), "text_len": dim("text_len")}
+    for name, p in zip(("frames", "height", "width"), patch):
+        dims[name] = dim(name, p)
     dims["tokens"] = Dim.AUTO  # a function of the others: let export derive it
     return {t.name: {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs}
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from disca.errors import ShapeError
+from disca.errors import InputError, ShapeError
 from disca.runtime.sampler import RunStats
 
 
@@ -36,6 +36,9 @@ class WanResult:
     frames: object  # the decoded video as `output_type` gives it (np: (B, F, H, W, 3) in [0, 1]); None for "latent"
     latents: np.ndarray  # (B, C, F', H', W') the denoised latent, before the VAE's de-normalisation
     stats: RunStats
+
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")  # diffusers' VideoProcessor types, and the latent undecoded
 
 
 def wan_generate(
@@ -63,6 +66,10 @@ def wan_generate(
     """
     import torch
 
+    if output_type not in OUTPUT_TYPES:  # before the denoising loop, not after it
+        raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    if prompt_embeds is not None and not isinstance(prompt_embeds, torch.Tensor):
+        raise InputError(f"prompt_embeds must be a torch tensor (B, L, Dt), got {type(prompt_embeds).__name__}")
     channels = disca.bundle.channels
     if getattr(pipe.vae.config, "z_dim", channels) != channels:
         raise ShapeError(f"the VAE's latents have {pipe.vae.config.z_dim} channels, the bundle's model {channels}")

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from disca.bundle import SHIPPED_DEMO, Bundle, shipped_demo
-from disca.errors import BundleError, ScheduleError, ShapeError
+from disca.errors import BundleError, InputError, ScheduleError, ShapeError
 from disca.manifest import MAX_STEPS
 from disca.runtime.backends import Backend, get_backend
 from disca.runtime.inputs import check_prompt, float_array, non_negative_int, positive_float, positive_int
 from disca.runtime.sampler import RunStats, denoise
 from disca.runtime.schedule import (
+    POLICIES,
     THRESHOLD_POLICIES,
     FullPolicy,
     Policy,
@@ -127,7 +128,18 @@ class Pipeline:
     def _policy(
         self, steps: int, shift: float, anchors, policy: str = "disca", threshold: float | None = None
     ) -> Policy:
-        if anchors == "full":
+        if not isinstance(policy, str) or policy not in POLICIES:
+            raise ScheduleError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+        # an argument that would change nothing is refused: the caller meant something else
+        if threshold is not None and policy not in THRESHOLD_POLICIES:
+            raise ScheduleError(f"threshold applies to {', '.join(THRESHOLD_POLICIES)}, not {policy}: drop it")
+        if policy in THRESHOLD_POLICIES and anchors is not None:
+            raise ScheduleError(f"{policy} chooses its anchors online: pass anchors=None")
+        if anchors == "full" or policy == "full":
+            if anchors not in (None, "full") or policy not in ("disca", "full"):
+                raise ScheduleError(
+                    "policy='full' and anchors='full' run every step full: pass no other anchors or policy"
+                )
             return FullPolicy()
         reuse_gaps = calibrated_reuse_gaps(self.bundle.manifest, steps, shift)
         taylor_gaps = calibrated_taylor_gaps(self.bundle.manifest, steps, shift)
@@ -210,7 +222,11 @@ class Pipeline:
         """
         if (prompt is None) == (text_embeddings is None):
             raise ShapeError("give exactly one of a prompt or text embeddings")
+        if isinstance(seed, np.ndarray) and seed.ndim == 0:
+            seed = seed.item()
         seeds = [non_negative_int("seed", s) for s in seed] if isinstance(seed, list | tuple | np.ndarray) else None
+        if seeds is not None and (not seeds or batch not in (1, len(seeds))):
+            raise InputError(f"a seed list gives one seed per video: {len(seeds)} seeds for batch {batch}")
         batch = positive_int("batch", len(seeds) if seeds is not None else batch)
         shape = self.latent_shape(frames, height, width, batch)
         _, _, frames, height, width = shape

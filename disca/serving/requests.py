@@ -100,6 +100,13 @@ def parse_request(pipe: Pipeline, inputs: dict) -> ClipRequest:
     budget, text_schedule = _scalar(inputs, "anchors"), _scalar(inputs, "schedule")
     if budget is not None and text_schedule is not None:
         raise RequestError("give either 'schedule' (the anchor steps) or 'anchors' (how many), not both")
+    # a field that would change nothing is refused, as `Pipeline.generate` does: the client meant something else
+    if threshold is not None and policy not in THRESHOLD_POLICIES:
+        raise RequestError(f"'threshold' applies to {', '.join(THRESHOLD_POLICIES)}, not {policy}")
+    if policy in THRESHOLD_POLICIES and (budget is not None or text_schedule is not None):
+        raise RequestError(f"{policy} chooses its anchors online: send no 'schedule' or 'anchors'")
+    if (text_schedule or "").strip() == "full" and policy not in ("disca", "full"):
+        raise RequestError(f"schedule 'full' runs every step full: policy {policy} would do nothing")
     if policy == "full" or (text_schedule or "").strip() == "full":
         anchors = "full"
     elif policy in THRESHOLD_POLICIES:

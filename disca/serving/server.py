@@ -8,15 +8,18 @@ every instance loaded its sessions / engines and ran one warm-up clip.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import sysconfig
 from dataclasses import dataclass
 
-from disca.errors import BackendUnavailable
+from disca.errors import BackendUnavailable, DiscaError, InputError
 from disca.serving.batching import ClipRunner, load_runner
 from disca.serving.protocol import INPUTS, MODEL_NAME, OUTPUTS
+from disca.serving.repository import check_batching
 
 log = logging.getLogger("disca.serving")
 
@@ -34,6 +37,54 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     exit_timeout_s: int = 30  # how long a stop waits for the requests in flight
+
+
+class StartupError(DiscaError):
+    """Triton could not start (the message says why, and how to see its log)."""
+
+
+def _ports(opts: ServeOptions) -> dict[str, int]:
+    return {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port, "--metrics-port": opts.metrics_port}
+
+
+def check_options(opts: ServeOptions) -> None:
+    """Refuse what would make Triton fail to start, before anything loads: ports out of range or shared,
+    batching out of bounds."""
+    check_batching(opts.instances, opts.max_batch, opts.max_queue_delay_ms)
+    seen: dict[int, str] = {}
+    for option, port in _ports(opts).items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InputError(f"{option} must be a port number between 1 and 65535, got {port!r}")
+        if port in seen:
+            raise InputError(f"{seen[port]} and {option} are both {port}: each endpoint needs its own port")
+        seen[port] = option
+
+
+def check_ports_free(opts: ServeOptions) -> None:
+    """Bind each port on --host as Triton will, so a port in use or an address not on this machine is one
+    clear error now (tritonserver would exit, and PyTriton wait two minutes for it, then raise)."""
+    try:
+        addresses = socket.getaddrinfo(opts.host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise InputError(f"--host {opts.host!r} is not an address or host name this machine can resolve: {e}") from None
+    for option, port in _ports(opts).items():
+        failure = None
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is no conflict
+                try:
+                    s.bind((address[0], port, *address[2:]))
+                    break
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        raise InputError(
+                            f"{option} {port} is in use on {opts.host} (another server?): pick another port"
+                        ) from None
+                    failure = failure or e
+        else:
+            if failure is not None:
+                why = "it is not an address of this machine" if failure.errno == errno.EADDRNOTAVAIL else failure
+                raise InputError(f"cannot serve on --host {opts.host} ({option} {port}): {why}") from None
 
 
 def python_library_env() -> None:
@@ -58,12 +109,13 @@ def _pytriton():
 
 @dataclass
 class RunningServer:
-    triton: object  # pytriton.triton.Triton
+    triton: object  # pytriton.triton.Triton; None until it is created
     runners: list[ClipRunner]
 
     def stop(self) -> None:
         """Drain the requests in flight (up to exit_timeout_s), stop Triton, close the sessions."""
-        self.triton.stop()
+        if self.triton is not None:
+            self.triton.stop()
         for runner in self.runners:
             runner.pipe.close()
 
@@ -72,7 +124,16 @@ def start(opts: ServeOptions) -> RunningServer:
     """Load and warm up the instances, then start Triton and load the model: ready on
     /v2/health/ready when this returns."""
     DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
-    runners = [load_runner(opts.bundle, opts.backend, opts.backend_options) for _ in range(opts.instances)]
+    check_options(opts)
+    check_ports_free(opts)  # before the (maybe long) loading: a taken port fails fast
+    runners = []
+    try:
+        for _ in range(opts.instances):
+            runners.append(load_runner(opts.bundle, opts.backend, opts.backend_options))
+    except BaseException:
+        for runner in runners:
+            runner.pipe.close()
+        raise
     max_batch = opts.max_batch or runners[0].max_batch
     python_library_env()
     config = TritonConfig(
@@ -84,10 +145,11 @@ def start(opts: ServeOptions) -> RunningServer:
         metrics_port=opts.metrics_port,
         exit_timeout_secs=opts.exit_timeout_s,
     )
-    triton = Triton(config=config)
-    server = RunningServer(triton, runners)
+    server = RunningServer(None, runners)
     try:
-        triton.bind(
+        check_ports_free(opts)  # again: one may have been taken while the instances loaded
+        server.triton = Triton(config=config)
+        server.triton.bind(
             model_name=MODEL_NAME,
             infer_func=runners,  # one callable per instance: Triton runs them concurrently
             inputs=[Tensor(name=t.name, dtype=t.numpy_dtype, shape=t.dims, optional=t.optional) for t in INPUTS],
@@ -98,11 +160,25 @@ def start(opts: ServeOptions) -> RunningServer:
             ),
             strict=True,
         )
-        triton.run()
-    except BaseException:
+        server.triton.run()
+    except BaseException as e:
         server.stop()
-        raise
+        if isinstance(e, DiscaError) or not _is_startup_failure(e):
+            raise
+        hint = " (PyTriton takes an IPv4 address or a host name for --host)" if ":" in opts.host else ""
+        raise StartupError(
+            f"Triton did not start on {opts.host} (HTTP {opts.http_port}, gRPC {opts.grpc_port}, metrics "
+            f"{opts.metrics_port}): {type(e).__name__}: {e}{hint}; run with --verbose to see Triton's log"
+        ) from None
     return server
+
+
+def _is_startup_failure(e: BaseException) -> bool:
+    """PyTriton's own errors (a bad URL, a model config it refuses) and its wait for a tritonserver that exited."""
+    from pytriton.client.exceptions import PyTritonClientError
+    from pytriton.exceptions import PyTritonError
+
+    return isinstance(e, PyTritonError | PyTritonClientError | TimeoutError | ConnectionError)
 
 
 def serve(opts: ServeOptions, on_ready=None) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from disca._atomic import check_writable
+from disca._atomic import check_writable, write_together
 from disca.bundle import Bundle
-from disca.cli._common import FiniteFloat, clean_errors
+from disca.cli._common import FiniteFloat, clean_errors, given
 from disca.cli.export._common import calibration_samples, importable, open_to_change, samples_option
 from disca.manifest import MAX_STEPS
 
@@ -202,6 +202,11 @@ def schedule_cmd(
     )
     from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
 
+    if predictor_only and (gaps_only or on_runs):  # the per-gap choice is what --predictor-only leaves out
+        flag = "--gaps-only" if gaps_only else "--on-runs"
+        raise click.UsageError(f"{flag} redoes the per-gap choice, which --predictor-only skips: give one of them")
+    if gaps_only and (k is not None or given("rounds")):
+        raise click.UsageError("--gaps-only keeps the stored anchor lists: drop --anchors / --rounds")
     b = Bundle.open(bundle) if no_write else open_to_change(bundle)
     check_writable(report_dir, "report directory", directory=True)  # before the search, not after it
     steps = b.schedule.steps if steps is None else steps
@@ -286,7 +291,6 @@ def schedule_cmd(
             taylor_gaps=cached_steps["taylor_gaps"] if cached_steps else [],
         )
     chosen = curve[k - 1].anchors if k else None
-    report_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "steps": steps,
         "anchors": k,
@@ -298,10 +302,14 @@ def schedule_cmd(
     table = markdown_table(curve, rows)
     if cached_steps:
         table = gaps.markdown_table(cached_steps["errors"], cached_steps) + "\n\n" + table
-    (report_dir / "schedule_search.json").write_text(json.dumps(result, indent=2))
-    (report_dir / "schedule_search.md").write_text(table + "\n")
+    files = {
+        "schedule_search.json": lambda p: p.write_text(json.dumps(result, indent=2)),
+        "schedule_search.md": lambda p: p.write_text(table + "\n"),
+    }
     if not no_plot:
-        plot_curve(curve, rows, report_dir / "schedule_search.png", f"{b.path.name}: DisCa anchors vs quality")
+        title = f"{b.path.name}: DisCa anchors vs quality"
+        files["schedule_search.png"] = lambda p: plot_curve(curve, rows, p, title)
+    write_together(report_dir, files)
     if not no_write:
         from disca.engines import write_manifest
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from disca.cli._common import clean_errors
+from disca.cli._common import batching_options, clean_errors
 from disca.cli.export._common import PRECISIONS
+from disca.serving.repository import MAX_INSTANCES
 
 
 @click.command("triton")
@@ -19,12 +20,19 @@ from disca.cli.export._common import PRECISIONS
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Graph variant (onnxruntime) or engine precision.")
 @click.option("--providers", help="onnxruntime providers (default: cuda,cpu with --kind gpu, else cpu).")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True, help="Instance kind.")
-@click.option("--instances", default=1, show_default=True, type=click.IntRange(1), help="Instances per GPU (or node).")
+@click.option(
+    "--instances",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, MAX_INSTANCES),
+    help="Instances per GPU (or node).",
+)
 @click.option("--gpus", help="GPU ids for the instance group, comma-separated (default: every GPU).")
-@click.option("--max-batch", type=click.IntRange(1), help="Requests per Triton batch (default: the bundle's max).")
-@click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0))
+@batching_options
 @click.option("--bundle-path", "reference", help="Reference the bundle at this absolute path on the server; no copy.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing repository at --out.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a repository that `disca-export triton` wrote at --out (nothing else)."
+)
 @clean_errors
 def triton_cmd(
     bundle,
@@ -50,12 +58,21 @@ def triton_cmd(
     from disca.cli.run import _backend_options
     from disca.serving.repository import write_repository
 
+    if backend == "tensorrt" and kind == "cpu":
+        raise click.UsageError(
+            "TensorRT engines run on a GPU: use --kind gpu, or --backend onnxruntime with --kind cpu"
+        )
     providers = providers or ("cuda,cpu" if kind == "gpu" else "cpu")
     device = "cuda" if kind == "gpu" else "cpu"
     try:
-        gpu_ids = [int(g) for g in gpus.split(",")] if gpus else None
+        gpu_ids = [int(g) for g in gpus.split(",")] if gpus is not None else None
     except ValueError:
         raise click.BadParameter(f"expected GPU ids like 0,1, got {gpus!r}", param_hint="--gpus") from None
+    if gpu_ids is not None and (any(g < 0 for g in gpu_ids) or len(set(gpu_ids)) != len(gpu_ids)):
+        raise click.BadParameter(
+            f"expected distinct GPU ids 0, 1, ..., got {gpus!r} (--instances sets the instances per GPU)",
+            param_hint="--gpus",
+        )
     if gpu_ids and kind != "gpu":
         raise click.UsageError("--gpus needs --kind gpu")
     write_repository(
