@@ -813,6 +813,27 @@ def test_metrics_refuse_what_numpy_would_broadcast():
     assert psnr(b[:1], b[:1] + 0.1) == pytest.approx(10 * np.log10(4 / 0.01))
 
 
+def test_the_exported_helpers_refuse_bad_arguments_with_disca_errors(pipe):
+    from disca.runtime.schedule import make_policy, parse_anchors
+
+    for text in ("1_0", "٣", None):  # int() takes "1_0" as 10 and Arabic-Indic digits
+        with pytest.raises(DiscaError, match="schedule must be comma-separated step numbers"):
+            parse_anchors(text)
+    with pytest.raises(DiscaError, match="policy 'disca' takes no option 'foo'"):
+        make_policy("disca", [0, 2], foo=1)
+    with pytest.raises(DiscaError, match="takes no option 'warmup'"):
+        make_policy("teacache", coefficients=[1.0], warmup=3)
+    with pytest.raises(DiscaError, match="the onnxruntime backend takes no option 'bogus'"):
+        Pipeline.load(DEMO, bogus=1)
+    with pytest.raises(DiscaError, match="spinning must be True or False"):
+        Pipeline.load(DEMO, spinning="no")
+    with pytest.raises(InputError, match="on_step must be a callable"):
+        pipe.generate(PROMPT, **SMALL, steps=3, anchors=[0, 2], on_step=5)
+    for length in (-1, 0, 2.5, 10**12):
+        with pytest.raises(InputError, match="length"):
+            pipe.embed_null(length)
+
+
 def test_zero_is_never_the_default(pipe):
     with pytest.raises(InputError, match="steps must be >= 1"):
         pipe.denoise(np.zeros((1, 3, 2, 8, 8), np.float32), np.zeros((1, 4, 32), np.float32), steps=0)

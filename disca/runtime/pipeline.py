@@ -98,18 +98,22 @@ class Pipeline:
         """-> (length, Dt): the empty prompt (row 0 of the text table), for classifier-free guidance."""
         if self.text_table is None:
             raise BundleError(f"bundle {self.bundle.path} has no text table, so no null prompt for CFG")
+        length = positive_int("length", length, self.bundle.ranges.text_len[2])
         return self.text_table[np.zeros(length, dtype=np.int64)]
 
     def latent_shape(
         self, frames: int | None = None, height: int | None = None, width: int | None = None, batch: int = 1
     ) -> tuple[int, int, int, int, int]:
-        """(B, C, F, H, W) of a latent; unset sizes are the bundle's optimum (the middle of its ranges)."""
+        """(B, C, F, H, W) of a latent; unset sizes are the bundle's optimum (the middle of its ranges). A size
+        outside the ranges (bounded by the manifest's schema, `disca.manifest.MAX_LATENT`) is a ShapeError."""
         ranges = self.bundle.ranges  # None: the opt shape the bundle was exported for; 0 is an error, not a default
         frames, height, width = (
             getattr(ranges, name)[1] if value is None else positive_int(name, value)
             for name, value in (("frames", frames), ("height", height), ("width", width))
         )
-        return positive_int("batch", batch), self.bundle.channels, frames, height, width
+        batch = positive_int("batch", batch)
+        ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)
+        return batch, self.bundle.channels, frames, height, width
 
     # ---------------------------------------------------------------- sampling
 
@@ -196,6 +200,8 @@ class Pipeline:
         chosen = self._policy(steps, shift, self._anchors(steps, anchors), policy, threshold)
         latent, text = float_array("latent", latent), float_array("text embeddings", text)
         self._check_shapes(latent, text)
+        if on_step is not None and not callable(on_step):  # before the first graph runs, not after it
+            raise InputError(f"on_step must be a callable (step, graph, ms), got {type(on_step).__name__}")
         return denoise(self.backend, latent, text, steps=steps, shift=shift, policy=chosen, on_step=on_step)
 
     def generate(
@@ -228,11 +234,9 @@ class Pipeline:
         if seeds is not None and (not seeds or batch not in (1, len(seeds))):
             raise InputError(f"a seed list gives one seed per video: {len(seeds)} seeds for batch {batch}")
         batch = positive_int("batch", len(seeds) if seeds is not None else batch)
-        shape = self.latent_shape(frames, height, width, batch)
+        shape = self.latent_shape(frames, height, width, batch)  # inside the bundle's ranges, before any allocation
         _, _, frames, height, width = shape
         steps = None if steps is None else positive_int("steps", steps, MAX_STEPS)
-        # first: the ranges are bounded by the manifest's schema (disca.manifest.MAX_LATENT)
-        self.bundle.ranges.check(self.bundle.patch, batch=batch, frames=frames, height=height, width=width)
         text = self.embed_prompt(prompt) if prompt is not None else float_array("text embeddings", text_embeddings)
         if text.ndim == 2:
             text = np.broadcast_to(text, (batch, *text.shape))

@@ -6,6 +6,7 @@ import numpy as np
 
 from disca.bundle import Schedule
 from disca.errors import ScheduleError
+from disca.manifest import MAX_STEPS
 
 # The official DisCa T2V anchor lists for 20 steps (8 and 10 anchors).
 OFFICIAL_ANCHORS = {(20, 8): [0, 1, 2, 5, 9, 13, 17, 19], (20, 10): [0, 1, 2, 5, 9, 11, 13, 15, 17, 19]}
@@ -14,10 +15,10 @@ DEFAULT_SCHEDULE = Schedule(steps=20, shift=5.0, anchors=OFFICIAL_ANCHORS[(20, 8
 
 def sigmas(steps: int, shift: float) -> np.ndarray:
     """steps + 1 noise levels from 1 (noise) to 0 (data), shifted as s*sigma / (1 + (s-1)*sigma)."""
-    if steps < 1:
-        raise ScheduleError(f"steps must be >= 1, got {steps}")
-    if shift <= 0:
-        raise ScheduleError(f"shift must be > 0, got {shift}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or not 1 <= steps <= MAX_STEPS:
+        raise ScheduleError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    if isinstance(shift, bool) or not isinstance(shift, int | float | np.floating) or not shift > 0:
+        raise ScheduleError(f"shift must be a number > 0, got {shift!r}")
     s = np.linspace(1.0, 0.0, steps + 1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = shift * s / (1 + (shift - 1) * s)
@@ -28,10 +29,14 @@ def sigmas(steps: int, shift: float) -> np.ndarray:
 
 def check_anchors(anchors, steps: int) -> list[int]:
     """Sorted, unique, within 0..steps-1, and step 0 an anchor (there is no cache before it)."""
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ScheduleError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(anchors, str) or not hasattr(anchors, "__iter__"):
+        raise ScheduleError(f"anchors must be a list of step numbers, got {anchors!r}")
     anchors = list(anchors)
     if not anchors:
         raise ScheduleError("the anchor schedule is empty; step 0 at least must be an anchor")
-    if any(not isinstance(a, int | np.integer) for a in anchors):
+    if any(isinstance(a, bool) or not isinstance(a, int | np.integer) for a in anchors):
         raise ScheduleError(f"anchor steps must be integers, got {anchors}")
     if anchors != sorted(set(anchors)):
         raise ScheduleError(f"anchor steps must be sorted and unique, got {anchors}")
@@ -97,10 +102,11 @@ def calibrated_forecast_reuse_gaps(manifest: dict, steps: int, shift: float | No
 
 def parse_anchors(text: str) -> list[int]:
     """'0,1,2,5' -> [0, 1, 2, 5]"""
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ScheduleError(f"schedule must be comma-separated step numbers like 0,1,2,5,9, got {text!r}") from None
+    items = [x.strip() for x in text.split(",") if x.strip()] if isinstance(text, str) else None
+    if items is None or not all(x.isascii() and x.isdigit() for x in items):  # int() would take "1_0" and "٣"
+        shown = repr(text) if len(repr(text)) <= 60 else repr(text)[:57] + "..."
+        raise ScheduleError(f"schedule must be comma-separated step numbers like 0,1,2,5,9, got {shown}")
+    return [int(x) for x in items]
 
 
 class Policy:
@@ -518,6 +524,13 @@ def make_policy(
     """A policy by name: anchor policies take `anchors` (DisCa also `reuse_gaps` and `taylor_gaps`,
     `taylorseer1-gaps` `forecast_reuse_gaps`), threshold policies
     `threshold` (TeaCache also the bundle's fitted `coefficients`; DBCache `warmup` and `max_cached`)."""
+    takes = {"warmup", "max_cached"} if name in DBCACHE_POLICIES or name == "disca-adaptive" else set()
+    unknown = sorted(set(options) - takes)
+    if unknown:  # an option a policy does not read would be silently dropped
+        raise ScheduleError(
+            f"policy {name!r} takes no option {unknown[0]!r}"
+            + (f" (it takes {', '.join(sorted(takes))})" if takes else "")
+        )
     if name in THRESHOLD_POLICIES:
         threshold = SKIP_THRESHOLDS[name] if threshold is None else threshold
         if name in DBCACHE_POLICIES:

@@ -90,7 +90,10 @@ class Backend:
 
     def _require_active(self) -> None:
         if not self.active:
-            raise DiscaError(f"the {self.name} backend is not active: use it as a context manager or call activate()")
+            raise DiscaError(
+                f"the {self.name} backend is not active: use it as a context manager or call activate() "
+                "(a closed Pipeline: load it again)"
+            )
 
     # ---------------------------------------------------------------- arrays (numpy defaults)
 

@@ -11,7 +11,7 @@ from disca.engines import ENGINE_DIR, profile_shapes
 from disca.errors import BackendUnavailable, BundleError, DiscaError
 from disca.runtime.backends.base import HEAD_USERS, Backend
 from disca.runtime.backends.graph_ops import CONTROL_FLOW, op_types
-from disca.runtime.inputs import positive_int
+from disca.runtime.inputs import non_negative_int, positive_int
 
 # Where each execution provider keeps its tensors (for I/O binding).
 _DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -151,9 +151,13 @@ class OnnxRuntimeBackend(Backend):
         self.providers = [_ALIASES.get(p.lower(), p) for p in providers]
         self.threads = None if threads is None else positive_int("threads", threads)  # 0 is not "all cores"
         self.light_threads = None if light_threads is None else positive_int("light_threads", light_threads)
+        if precision not in ("fp32", "fp16", "fp8"):
+            raise DiscaError(f"precision must be fp32, fp16 or fp8, got {precision!r}")
+        if not isinstance(spinning, bool):  # "no" would be truthy
+            raise DiscaError(f"spinning must be True or False, got {spinning!r}")
         self.precision = precision
         self.spinning = spinning
-        self.device_id = device_id
+        self.device_id = non_negative_int("device_id", device_id)
         self.placement = {}  # graph -> {provider: Counter(op type)}: where ORT put each graph's nodes
 
     def _activate_impl(self) -> None:
