@@ -16,6 +16,7 @@ import torch
 from disca.bundle import Bundle, Schedule
 from disca.calibration.teacache import default_set, fit_teacache
 from disca.calibration.trajectories import record_inputs
+from disca.errors import ConfigError
 from disca.exporter import export_bundle
 from disca.metrics import psnr
 from disca.models import ModelConfig
@@ -117,7 +118,11 @@ def teacache_fit(bundle_dir: Path, log, samples: int = 4) -> dict | None:
     if cal is None:
         log("  teacache: no built-in prompts for this vocabulary: fit it with `disca-export teacache --prompts`")
         return None
-    with OnnxRuntimeBackend(bundle) as backend:
-        record = fit_teacache(backend, cal, steps=bundle.schedule.steps, shift=bundle.schedule.shift)
+    try:
+        with OnnxRuntimeBackend(bundle) as backend:
+            record = fit_teacache(backend, cal, steps=bundle.schedule.steps, shift=bundle.schedule.shift)
+    except ConfigError as e:  # e.g. an overfit on the few runs of an export: the bundle is fine without it
+        log(f"  teacache: not fitted ({e}); fit it with `disca-export teacache --samples 16`")
+        return None
     log(f"  teacache: rescaling polynomial fitted on {record['points']} step pairs of {samples} runs")
     return record

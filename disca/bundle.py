@@ -118,7 +118,11 @@ def is_bundle(path) -> bool:
 def refuse_non_bundle(path) -> None:
     """Raise unless `path` is free, an empty directory or a disca bundle: replacing must never delete anything else."""
     path = Path(path)
-    resolve_bundle(path, write=True)  # nor the shipped demo, which is part of the installed package
+    real = path.resolve()  # an output path as given: `--out demo` is a new ./demo, not the shipped demo
+    if real == SHIPPED_DEMO or SHIPPED_DEMO in real.parents:
+        raise BundleError(
+            f"the shipped demo bundle is part of the package and is not modified: write to another --out than {path}"
+        )
     empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
     if (path.exists() or path.is_symlink()) and not empty_dir and not is_bundle(path):
         raise BundleError(f"{path} exists and is not a disca bundle: refusing to replace it (choose another --out)")

@@ -128,7 +128,11 @@ class ShapeRanges:
             if name in dims and dims[name] % p:
                 raise ShapeError(f"{name}={dims[name]} is not a multiple of the patch size {p}")
 
-    def validate(self, patch: tuple[int, int, int]) -> None:
+    def validate(self, patch: tuple[int, int, int], channels: int | None = None) -> None:
+        """Well-formed, multiples of the patch, and (given the latent's channels) within what a manifest may
+        declare (`disca.manifest.MAX_LATENT`): checked before an export, not by the manifest after it."""
+        from disca.manifest import MAX_LATENT, MAX_WIDTH
+
         for name in DIMS:
             lo, opt, hi = getattr(self, name)
             if not 1 <= lo <= opt <= hi:
@@ -137,6 +141,13 @@ class ShapeRanges:
             lo, opt, hi = getattr(self, name)
             if lo % p or opt % p or hi % p:
                 raise ShapeError(f"range of {name} {lo}:{opt}:{hi} must be multiples of the patch size {p}")
+        if self.text_len[2] > MAX_WIDTH:
+            raise ShapeError(f"range of text_len goes up to {self.text_len[2]}, above {MAX_WIDTH} tokens")
+        largest = self.batch[2] * (channels or 1) * self.frames[2] * self.height[2] * self.width[2]
+        if channels is not None and largest > MAX_LATENT:
+            raise ShapeError(
+                f"the largest latent of these ranges has {largest} elements, above {MAX_LATENT}: lower the maxima"
+            )
 
 
 def tokens(dims: dict, patch: tuple[int, int, int]) -> int:

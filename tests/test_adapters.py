@@ -232,6 +232,20 @@ def test_load_diffusers_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
     with pytest.raises(CheckpointError, match="cannot load WanTransformer3DModel"):
         load_diffusers(tmp_path)  # config but no weights
+    for content in (b"[]", json.dumps({"_class_name": ["x"]}).encode(), b"\xff\xfe{"):  # a config of the wrong kind
+        (tmp_path / "config.json").write_bytes(content)
+        with pytest.raises((CheckpointError, ConfigError), match="config.json"):
+            load_diffusers(tmp_path)
+    host = tiny_host("wan")
+    host.save_pretrained(tmp_path / "typed")
+    config = json.loads((tmp_path / "typed/config.json").read_text())
+    for bad, error, message in (
+        ("abc", CheckpointError, "cannot load WanTransformer3DModel"),
+        (-1, ConfigError, "no transformer blocks"),
+    ):
+        (tmp_path / "typed/config.json").write_text(json.dumps({**config, "num_layers": bad}))
+        with pytest.raises(error, match=message):  # not diffusers' TypeError, nor an IndexError in the adapter
+            load_diffusers(tmp_path / "typed")
 
 
 def test_unsupported_models_and_configs():

@@ -565,11 +565,18 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bundle(tmp_path):
         refuse_non_bundle(notes / "todo.txt")
 
 
-def test_overwrite_refuses_the_shipped_demo():
+def test_overwrite_refuses_the_shipped_demo(tmp_path):
     from disca.bundle import SHIPPED_DEMO, refuse_non_bundle
 
-    with pytest.raises(BundleError, match="shipped demo bundle is part of the package"):
-        refuse_non_bundle(SHIPPED_DEMO)  # `disca-export onnx --out <the installed demo> --overwrite`
+    for out in (SHIPPED_DEMO, SHIPPED_DEMO / "sub"):  # `disca-export onnx --out <the installed demo> --overwrite`
+        with pytest.raises(BundleError, match="shipped demo bundle is part of the package"):
+            refuse_non_bundle(out)
+    cwd = os.getcwd()
+    try:  # an output named demo is a new directory here, not the shipped demo
+        os.chdir(tmp_path)
+        refuse_non_bundle(Path("demo"))
+    finally:
+        os.chdir(cwd)
 
 
 def test_a_report_is_replaced_as_a_set_or_not_at_all(tmp_path):
@@ -602,9 +609,19 @@ def test_a_report_is_replaced_as_a_set_or_not_at_all(tmp_path):
         (export_cli, ["schedule", "COPY", "--anchors", "0"], "--anchors"),
         (export_cli, ["schedule", "COPY", "--report", "afile"], "the report directory afile: it is a file"),
         (export_cli, ["teacache", "COPY", "--degree", "0"], "--degree"),
+        (export_cli, ["teacache", "COPY", "--samples", "1", "--degree", "8"], "goes negative on its own input range"),
         (export_cli, ["calibrate", "COPY", "--min-cosine", "nan"], "--min-cosine"),
         (export_cli, ["onnx", "--preset", "tiny", "--out", "b", "--seed", "-1"], "--seed"),
         (export_cli, ["onnx", "--preset", "tiny", "--out", "b", "--predictor-depth", "0"], "--predictor-depth"),
+        (export_cli, ["onnx", "--preset", "tiny", "--out", "b", "--batch", "1:1:1000000"], "above 268435456"),
+        (export_cli, ["onnx", "--checkpoint", "ck", "--out", "b", "--seed", "3"], "--seed draws a preset's random"),
+        (export_cli, ["build", "COPY", "--precision", "fp16", "--graphs", ","], "expected distinct graph names"),
+        (
+            export_cli,
+            ["build", "COPY", "--precision", "fp16", "--graphs", "full,full"],
+            "expected distinct graph names",
+        ),
+        (export_cli, ["onnx", "--from", "diffusers:x", "--out", "b", "--no-weights"], "--no-weights is the default"),
         ("bench", [DEMO, "--out", "afile"], "cannot write the report directory afile: it is a file"),
         ("bench", [DEMO, "--teacher-steps", "0"], "--teacher-steps"),
         ("bench", [DEMO, "--guidance", "inf"], "--guidance"),

@@ -40,6 +40,8 @@ class CalibrationSet:
 def read_prompts(path) -> list[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"prompt file {path} is a directory; give a text file, one prompt per line")
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
     try:

@@ -48,6 +48,14 @@ def fit_teacache(backend, cal: CalibrationSet, *, steps: int, shift: float, degr
     degenerate = len(np.unique(xs)) <= degree  # e.g. an untrained model whose output is constant
     # Degenerate data cannot determine the polynomial: the identity (the raw input change) stands in.
     coefficients = np.array([1.0, 0.0]) if degenerate else np.polyfit(xs, ys, degree)
+    grid = np.polyval(coefficients, np.linspace(xs.min(), xs.max(), 256))
+    if not degenerate and grid.min() < 0:
+        # TeaCache accumulates the rescaled change, clamped at zero: a curve below zero on its own data counts
+        # those changes as none and skips the steps that most need computing (an overfit: few points, high degree)
+        raise ConfigError(
+            f"the degree-{degree} fit on {len(xs)} step pairs goes negative on its own input range "
+            f"({grid.min():.3g}): use a lower --degree or more --samples"
+        )
     fitted = np.polyval(coefficients, xs)
     return {
         "coefficients": [float(c) for c in coefficients],

@@ -11,6 +11,7 @@ from rich.console import Console
 from disca._atomic import write_together
 from disca.benchmark import BENCH_BUDGETS, DEFAULT_POLICIES, LIST_KINDS
 from disca.cli._common import FiniteFloat, clean_errors, given
+from disca.cli.export._common import MAX_SAMPLES
 from disca.manifest import MAX_STEPS
 
 
@@ -34,7 +35,9 @@ from disca.manifest import MAX_STEPS
     "dbcache_settings",
     help="DBCache settings THRESHOLD/CAP (CAP: most cached steps in a row, 0 for none), e.g. 0.2/2,1e9/3.",
 )
-@click.option("--samples", default=16, show_default=True, type=click.IntRange(1), help="Prompt x seed clips per run.")
+@click.option(
+    "--samples", default=16, show_default=True, type=click.IntRange(1, MAX_SAMPLES), help="Prompt x seed clips per run."
+)
 @click.option("--prompts", type=click.Path(path_type=Path), help="Prompts, one per line (task bundles have a set).")
 @click.option("--teacher", "teacher_bundle", type=click.Path(path_type=Path), help="Teacher bundle: CFG reference.")
 @click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS))

@@ -29,7 +29,9 @@ class Finite(FiniteFloat):
 
 POSITIVE = Finite(min=0, min_open=True)
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy and torch both take
-FRAMES, SIZE = click.IntRange(min=2), click.IntRange(min=16)  # the synthetic task's smallest clip
+# The synthetic task's smallest clip, and a largest far above a CPU-trainable one (a bound, not a guess of use:
+# --size 100000 would ask for terabytes before any error)
+FRAMES, SIZE = click.IntRange(2, 256), click.IntRange(16, 1024)
 GUIDANCE = Finite(min=0)
 
 
@@ -144,7 +146,7 @@ def main():
 @main.command("data")
 @click.option("--out", type=click.Path(path_type=Path), help="Write a preview GIF of sample clips.")
 @click.option(
-    "--n", default=500, show_default=True, type=click.IntRange(min=1), help="Clips to check the evaluator on."
+    "--n", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Clips to check the evaluator on."
 )
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--frames", default=8, show_default=True, type=FRAMES)

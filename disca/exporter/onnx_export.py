@@ -199,7 +199,7 @@ def export_bundle(
         raise ConfigError("an fp8 variant needs recorded graph inputs (fp8_inputs): export with disca.build")
     ranges = ranges or ShapeRanges()
     patch = tuple(cfg.dit.patch_size)
-    ranges.validate(patch)
+    ranges.validate(patch, cfg.dit.in_channels)
     probe = hasattr(dit, "first_block")  # models without it (the diffusers adapters) export no probe graph
     specs = graph_specs(cfg.dit.in_channels, cfg.dit.text_dim, cfg.dit.hidden_size, first=probe)
     dit, predictor = dit.eval(), predictor.eval()

@@ -18,9 +18,13 @@ def open_to_change(path) -> Bundle:
     return b
 
 
+MAX_SAMPLES = 10_000  # prompt x seed clips of a calibration or bench set
+
+
 def samples_option(default: int, help: str):
-    """--samples of the commands that sample a calibration set: at least one."""
-    return click.option("--samples", default=default, show_default=True, type=click.IntRange(1), help=help)
+    """--samples of the commands that sample a calibration set: at least one, and a bound (the set's noise is
+    drawn up front: 10^10 clips would hang on the allocation)."""
+    return click.option("--samples", default=default, show_default=True, type=click.IntRange(1, MAX_SAMPLES), help=help)
 
 
 def calibration_samples(bundle, prompts, samples, seed=0):

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from disca.bundle import Bundle, refuse_non_bundle
 from disca.cli._common import clean_errors, parse_range
+from disca.cli._common import given as option_given
 from disca.cli.export._common import PRECISIONS, PRESET_NAMES
 from disca.spec import DIMS, ShapeRanges
 
@@ -102,6 +103,13 @@ def onnx_cmd(
         raise click.UsageError("give exactly one of --preset NAME, --checkpoint DIR or --from diffusers:PATH")
     if predictor_dir is not None and source is None:
         raise click.UsageError("--predictor goes with --from diffusers:PATH (a --checkpoint carries its predictor)")
+    # options the chosen source does not read: refused, not silently dropped
+    if option_given("seed") and preset is None:
+        raise click.UsageError("--seed draws a preset's random weights: a --checkpoint or --from has its own")
+    if option_given("predictor_depth") and (checkpoint is not None or predictor_dir is not None):
+        raise click.UsageError("--predictor-depth sizes a fresh predictor: the trained one given has its own depth")
+    if no_weights and source is not None:
+        raise click.UsageError("--no-weights is the default with --from (the host's weights stay in its directory)")
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} already exists: choose another --out or pass --overwrite")
     refuse_non_bundle(out)  # --overwrite replaces a bundle, never a directory of something else

@@ -50,6 +50,10 @@ def build_cmd(bundle, precision, graphs, static, opt_level, weight_streaming):
     b = open_to_change(bundle)
     names = default_graphs(b.manifest) if graphs is None else graphs.split(",")
     names = [g.strip() for g in names if g.strip()]
+    if not names or len(set(names)) != len(names):  # nothing to build, or one engine built twice
+        raise click.BadParameter(
+            f"expected distinct graph names, comma-separated, got {graphs!r}", param_hint="--graphs"
+        )
     for g in names:
         if g not in ("full", "predictor", "head", "first"):
             raise click.BadParameter(

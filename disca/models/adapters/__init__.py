@@ -54,7 +54,12 @@ def _entry(class_name: str):
 
 def adapt(model, mean_flow: str | None = None, **kwargs) -> DiffusersAdapter:
     """Wrap a diffusers transformer instance. `kwargs` go to the adapter (e.g. `guidance` for HunyuanVideo)."""
-    return _entry(type(model).__name__)[0](model, mean_flow=mean_flow, **kwargs)
+    entry = _entry(type(model).__name__)
+    blocks = getattr(model, "blocks", None)  # Wan; HunyuanVideo's are `transformer_blocks`
+    blocks = getattr(model, "transformer_blocks", None) if blocks is None else blocks
+    if blocks is not None and len(blocks) == 0:  # its config asked for none: nothing to split or to copy
+        raise ConfigError(f"this {type(model).__name__} has no transformer blocks (check num_layers in its config)")
+    return entry[0](model, mean_flow=mean_flow, **kwargs)
 
 
 def build_predictor(adapter: DiffusersAdapter, depth: int = 2) -> FusionPredictor:
@@ -74,20 +79,24 @@ def load_diffusers(path, *, predictor_depth: int = 2, mean_flow: str | None = No
     if not config.is_file():
         raise CheckpointError(f"{path} is not a diffusers model directory: no config.json")
     try:
-        class_name = json.loads(config.read_text()).get("_class_name")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config} is not valid JSON: {e}") from None
-    if class_name is None:
-        raise ConfigError(f"{config} names no model class (_class_name)")
+        meta = json.loads(config.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{config} is not readable JSON: {e}") from None
+    class_name = meta.get("_class_name") if isinstance(meta, dict) else None
+    if not isinstance(class_name, str):
+        raise ConfigError(f"{config} names no model class (a JSON object with a _class_name string)")
     _entry(class_name)
     import diffusers
 
     cls = getattr(diffusers, class_name)
     try:
-        model = cls.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        # diffusers needs `accelerate` to load models that keep some modules in fp32 (Wan does).
+        # safetensors only: a pickled .bin in a downloaded directory would run code on load
+        model = cls.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, TypeError, IndexError, KeyError, AttributeError) as e:
+        # a config.json of wrong types reaches diffusers' constructors; diffusers needs `accelerate` to load
+        # models that keep some modules in fp32 (Wan does)
         hint = "; install `accelerate`" if "low_cpu_mem_usage" in str(e) else ""
-        raise CheckpointError(f"cannot load {class_name} from {path}: {e}{hint}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot load {class_name} from {path}: {first}{hint}") from None
     adapter = adapt(model.eval(), mean_flow=mean_flow, **kwargs)
     return adapter, build_predictor(adapter, predictor_depth)

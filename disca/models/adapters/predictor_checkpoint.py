@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from disca.errors import CheckpointError
+from disca.errors import CheckpointError, ConfigError
 from disca.models.config import ModelConfig
 
 
@@ -39,7 +39,10 @@ def check_host(meta: dict, adapter, path) -> ModelConfig:
     cls = type(adapter.model).__name__
     if host.get("class") != cls:
         raise CheckpointError(f"{path} was trained on a {host.get('class')}, not on this {cls}")
-    cfg = ModelConfig.from_dict(meta["model"])
+    try:
+        cfg = ModelConfig.from_dict(meta.get("model"))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     want = adapter.model_config(predictor_depth=cfg.predictor.depth)
     if cfg.dit != want.dit:
         diff = {k: (v, getattr(want.dit, k)) for k, v in cfg.dit.__dict__.items() if getattr(want.dit, k) != v}
@@ -64,11 +67,22 @@ def load_predictor_checkpoint(path, adapter, ema: bool = True):
     predictor = build_predictor(adapter, cfg.predictor.depth)
     load_state(predictor, file)
     if ema and (path / "ema.safetensors").is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         params = dict(predictor.named_parameters())
+        try:
+            values = load_file(str(path / "ema.safetensors"))
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"cannot read {path / 'ema.safetensors'}: {e}") from None
         with torch.no_grad():  # the training loop keys EMA tensors "<module>.<param>"
-            for name, value in load_file(str(path / "ema.safetensors")).items():
-                if name.startswith("predictor.") and name[len("predictor.") :] in params:
-                    params[name[len("predictor.") :]].copy_(value)
+            for name, value in values.items():
+                own = params.get(name.removeprefix("predictor.")) if name.startswith("predictor.") else None
+                if own is None:
+                    continue
+                if own.shape != value.shape:  # copy_ would broadcast a smaller tensor over the weight
+                    raise CheckpointError(
+                        f"{path / 'ema.safetensors'}: {name} has shape {list(value.shape)}, expected {list(own.shape)}"
+                    )
+                own.copy_(value)
     return predictor.eval()
