@@ -36,6 +36,8 @@ def test_calibration_set_and_prompt_files(tiny_bundle, prompt_file, tmp_path):
         calibration_set(b, None)
     with pytest.raises(ConfigError, match="does not exist"):
         read_prompts(tmp_path / "nope.txt")
+    with pytest.raises(ConfigError, match="is a directory; give a text file"):
+        read_prompts(tmp_path)
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ConfigError, match="has no prompts"):
         read_prompts(tmp_path / "empty.txt")

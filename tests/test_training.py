@@ -411,7 +411,10 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
         ("distill", ["--max-gap", "0"], "--max-gap", "x>=1"),
         ("predictor", ["--trajectories", "0"], "--trajectories", "x>=1"),
         ("predictor", ["--adversarial", "-1"], "--adversarial", "x>=0"),
-        ("data", ["--n", "-1"], "--n", "x>=1"),
+        ("predictor", ["--max-gap", "4"], "--max-gap", "below --grid-steps (4)"),  # no gap of 4 steps in 4
+        ("predictor", ["--latent", "2,8,8"], "--latent", "go with --from diffusers"),  # ignored by a student run
+        ("data", ["--size", "100000"], "--size", "16<=x<=1024"),  # asked for terabytes
+        ("data", ["--n", "-1"], "--n", "1<=x<=100000"),
     ],
 )
 def test_bad_train_options_are_refused_before_any_work(tiny_teacher, tmp_path, stage, bad, option, allowed):

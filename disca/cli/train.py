@@ -361,6 +361,11 @@ def predictor_cmd(
 
     if (student_dir is None) == (source is None):
         raise click.UsageError("give exactly one of --student DIR or --from diffusers:PATH")
+    if student_dir is not None and (latent is not None or text_embeddings is not None):
+        # the student samples its own task clips and prompts: these shape a diffusers host's runs only
+        raise click.UsageError("--latent and --text-embeddings go with --from diffusers:PATH, not --student")
+    if max_gap is not None and max_gap >= grid_steps:
+        raise click.BadParameter(f"a gap is below --grid-steps ({grid_steps}), got {max_gap}", param_hint="--max-gap")
     anchors = parse_anchors(schedule)
     common = dict(adversarial=adversarial, max_gap=max_gap, trajectories=trajectories, velocity_weight=velocity_weight)
     if student_dir is not None:
