@@ -144,3 +144,9 @@ def test_score_checks_its_inputs(batch):
         score(clips[:1], ["a red blob moving left"])
     with pytest.raises(DiscaError, match="expects one clip"):
         read_clip(clips[:2])
+    with pytest.raises(DiscaError, match="one prompt per clip"):
+        score(None, prompts[:1])
+    with pytest.raises(DiscaError, match="a prompt must be text"):
+        score(clips[:1], [None])  # was an AttributeError from str methods
+    with pytest.raises(DiscaError, match="noise_std must be a finite number"):
+        degrade(clips[:1], np.random.default_rng(0), noise_std=float("nan"))  # nan added no noise at all

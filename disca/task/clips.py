@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from disca.errors import DiscaError
+from disca.errors import DiscaError, InputError
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -66,6 +66,8 @@ def _unknown_word_error(word: str, prompt: str) -> DiscaError:
 
 def tokenize(prompt: str) -> list[int]:
     """Indices into VOCAB of the prompt's words (case-insensitive, whitespace-separated)."""
+    if not isinstance(prompt, str):
+        raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
     ids = []
     for word in prompt.lower().split():
         if word not in _INDEX:

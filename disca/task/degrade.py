@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from disca.errors import InputError
 
 
 def box_blur(clips: np.ndarray) -> np.ndarray:
@@ -15,6 +19,8 @@ def box_blur(clips: np.ndarray) -> np.ndarray:
 
 def degrade(clips: np.ndarray, rng: np.random.Generator, noise_std: float = 0.1, blur: bool = True) -> np.ndarray:
     """Clips (..., H, W) in [-1, 1], box-blurred per frame, plus Gaussian noise, clipped back to [-1, 1]."""
+    if isinstance(noise_std, bool) or not isinstance(noise_std, int | float) or not 0 <= noise_std < math.inf:
+        raise InputError(f"noise_std must be a finite number >= 0, got {noise_std!r}")  # nan would add no noise
     out = np.asarray(clips, dtype=np.float64)
     if blur:
         out = box_blur(out)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from disca.errors import DiscaError
+from disca.errors import DiscaError, InputError
 from disca.task.clips import COLORS, PALETTE, Attributes, parse_prompt
 
 _MIN_CONTRAST = 0.4  # object-to-background colour distance below which nothing is read
@@ -163,6 +163,8 @@ def read_clip(clip: np.ndarray) -> Attributes:
 
 def score(clips: np.ndarray | Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, float]:
     """Per-attribute accuracy of clips against their prompts, "all" (every attribute right) and "n"."""
+    if not hasattr(clips, "__len__") or isinstance(prompts, str) or not hasattr(prompts, "__len__"):
+        raise InputError("score takes a sequence of clips and a list of prompts, one prompt per clip")
     if len(clips) != len(prompts):
         raise DiscaError(f"score got {len(clips)} clips but {len(prompts)} prompts")
     if len(prompts) == 0:
