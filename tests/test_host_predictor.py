@@ -73,6 +73,17 @@ def test_checkpoint_loads_only_into_its_host(wan_dir, tmp_path):
     with pytest.raises(CheckpointError, match="trained on another"):  # and resuming into another host
         train_host_predictor(tmp_path / "p", wider, torch.zeros(1, 4, 16), TrainArgs(steps=3, **ARGS), **run)
 
+    # a corrupt or mis-shaped EMA file is one CheckpointError, not a SafetensorError or a silent broadcast
+    from safetensors.torch import save_file
+
+    ema = tmp_path / "p" / "ema.safetensors"
+    ema.write_bytes(b"\xff" * 100)
+    with pytest.raises(CheckpointError, match="cannot read .*ema.safetensors"):
+        load_predictor_checkpoint(tmp_path / "p", adapter)
+    save_file({"predictor.fusion.0.weight": torch.zeros(1)}, str(ema))  # one value would fill the whole weight
+    with pytest.raises(CheckpointError, match="predictor.fusion.0.weight has shape \\[1\\], expected"):
+        load_predictor_checkpoint(tmp_path / "p", adapter)
+
 
 def test_text_embedding_errors(wan_dir, tmp_path):
     with pytest.raises(Exception, match="does not exist"):
