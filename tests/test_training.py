@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from disca.cli.train import main as train_cli
-from disca.errors import CheckpointError
+from disca.errors import CheckpointError, ConfigError
 from disca.models import CachePredictor, preset, randomize_
 from disca.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from disca.models.text import WordEmbedding
@@ -473,3 +473,67 @@ def _tiny_teacher_parts():
 
     cfg = teacher_config(preset("tiny"))
     return cfg, VideoDiT(cfg.dit)
+
+
+def _bundle_with_lists(tmp_path, lists: dict, steps: int):
+    """A copy of the shipped demo bundle whose searched lists are `lists` on a `steps`-step grid."""
+    from disca.bundle import SHIPPED_DEMO
+
+    path = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_DEMO, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["anchor_lists"] = {"steps": steps, "shift": 5.0, "samples": 4, "lists": lists}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_fine_tune_starts_from_the_trained_predictor_on_the_searched_lists(tiny_teacher, tmp_path):
+    from disca.training.predictor import searched_lists, training_segments
+
+    train_student(tmp_path / "s", tiny_teacher, TrainArgs(steps=1, **TINY), grid_steps=4)
+    forecast = dict(
+        anchors=[0, 2], steps=4, trajectories=4, max_gap=1, depth=0, forecast=True, modulate=True, rollout_weight=1.0
+    )
+    train_predictor(tmp_path / "p", tmp_path / "s", TrainArgs(steps=3, **(TINY | {"lr": 1e-2, "ema": 0.5})), **forecast)
+    source = load_checkpoint(tmp_path / "p")  # its EMA weights: what was evaluated and exported
+    raw = load_checkpoint(tmp_path / "p", ema=False)
+    assert not torch.equal(source.predictor.fusion[-1].weight, raw.predictor.fusion[-1].weight)
+    bundle = _bundle_with_lists(tmp_path, {"1": [0], "2": [0, 3], "3": [0, 1, 3], "4": [0, 1, 2, 3]}, 4)
+    # every budget that caches a step; their runs of cached steps are kept whole, beyond --max-gap
+    assert searched_lists(bundle, 4, 5.0) == [[0], [0, 3], [0, 1, 3]]
+    assert (-1, 0, 4) in training_segments(searched_lists(bundle, 4, 5.0), 4)
+    with pytest.raises(ConfigError, match="searched for 4 steps at shift 5.0, not --grid-steps 20"):
+        searched_lists(bundle, 20, 5.0)
+    # learning rate 0: the fine-tune's weights are exactly where it started, the source's EMA weights
+    args = TrainArgs(steps=1, **(TINY | {"lr": 1e-30}))
+    train_predictor(tmp_path / "ft", tmp_path / "p", args, lists_from=bundle, fine_tune=True, **forecast)
+    tuned = load_checkpoint(tmp_path / "ft")
+    for a, b in zip(tuned.predictor.state_dict().values(), source.predictor.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert _log(tmp_path / "ft")[0]["feat_rel"] != pytest.approx(1.0, abs=1e-4)  # not the untrained forecast
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["fine_tune"] is True
+
+
+def test_fine_tune_and_lists_errors(tiny_teacher, tmp_path):
+    train_student(tmp_path / "s", tiny_teacher, TrainArgs(steps=1, **TINY), grid_steps=4)
+    head = ["predictor", "--grid-steps", "4", "--schedule", "0,2", *TINY_CLI, "--steps", "1"]
+    line = error_line(invoke(train_cli, [*head, "--student", tmp_path / "s", "--fine-tune", "--out", tmp_path / "o"]))
+    assert "holds no predictor" in line
+    line = error_line(
+        invoke(train_cli, [*head, "--student", tmp_path / "s", "--lists", tmp_path, "--out", tmp_path / "o"])
+    )
+    assert "manifest.json" in line  # not a bundle
+    bundle = _bundle_with_lists(tmp_path, {"2": [0, 2]}, 4)
+    line = error_line(
+        invoke(train_cli, [*head, "--student", tmp_path / "s", "--lists", bundle, "--out", tmp_path / "o"])
+    )
+    assert "it is for --forecast" in line
+    forecast = ["--forecast", "--predictor-depth", "0"]
+    r = invoke(train_cli, [*head, "--student", tmp_path / "s", *forecast, "--out", tmp_path / "p"])
+    assert r.exit_code == 0, r.output
+    ft = [*head, "--student", tmp_path / "p", "--fine-tune", "--out", tmp_path / "o"]
+    assert "keeps the predictor of" in error_line(invoke(train_cli, [*ft, "--forecast", "--predictor-depth", "1"]))
+    assert "keeps the predictor of" in error_line(invoke(train_cli, ft))  # --forecast left out
+    line = error_line(invoke(train_cli, [*ft, *forecast, "--lists", _bundle_with_lists(tmp_path / "x", {}, 20)]))
+    assert "has no searched anchor lists" in line
+    assert not (tmp_path / "o").exists()

@@ -121,6 +121,7 @@ def train_options(fn):
             "--student": kw.get("student_dir"),
             "--from": source.partition(":")[2] or None if source else None,
             "--text-embeddings": kw.get("text_embeddings"),
+            "--lists": kw.get("lists_from"),
         }
         check_out(kw["out"], inputs)
         fields = [f.name for f in dataclasses.fields(TrainArgs) if f.name != "device"]
@@ -326,6 +327,20 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     help="With --forecast: weight of the error of the latent reached after sampling a run of cached steps "
     "with the predictor (0: per-step errors only).",
 )
+@click.option(
+    "--lists",
+    "lists_from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --student --forecast: also train on the anchor lists searched for this bundle (disca-export "
+    "schedule), every budget, their whole runs of cached steps: the lists its deployment runs.",
+)
+@click.option(
+    "--fine-tune",
+    is_flag=True,
+    help="With --student: start from the predictor that checkpoint holds (a disca-train predictor output), "
+    "keeping its structure.",
+)
 @train_options
 @clean_errors
 def predictor_cmd(
@@ -346,6 +361,8 @@ def predictor_cmd(
     velocity_weight,
     max_gap,
     rollout_weight,
+    lists_from,
+    fine_tune,
 ):
     """Train the cache predictor on the frozen host's own trajectories.
 
@@ -356,6 +373,8 @@ def predictor_cmd(
       disca-train predictor --from diffusers:wan/transformer --text-embeddings prompts.npy \\
           --latent 4,30,52 --out runs/wan-predictor
       disca-export onnx --from diffusers:wan/transformer --predictor runs/wan-predictor --out bundles/wan
+    Fine-tune a trained predictor on the lists searched for its bundle:
+      disca-train predictor --student runs/predictor --fine-tune --forecast --lists bundles/demo --out runs/ft
     """
     from disca.runtime.schedule import parse_anchors
 
@@ -382,9 +401,13 @@ def predictor_cmd(
             forecast=forecast,
             rollout_weight=rollout_weight,
             modulate=modulate,
+            lists_from=lists_from,
+            fine_tune=fine_tune,
             **common,
         )
         return
+    if lists_from is not None or fine_tune:
+        raise click.UsageError("--lists and --fine-tune are for our own student (--student DIR) for now")
     if rollout_weight:
         raise click.UsageError("--rollout-weight is for our own student (--student DIR) for now")
     if forecast or modulate:

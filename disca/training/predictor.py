@@ -63,6 +63,22 @@ def anchor_family(steps: int, schedule: list[int], max_spacing: int) -> list[lis
     return lists
 
 
+def searched_lists(bundle_path, steps: int, shift: float) -> list[list[int]]:
+    """The anchor lists searched for a bundle (`disca-export schedule`, its `anchor_lists`) on this sampling grid,
+    every budget that caches a step: the lists deployment runs, to train (or fine-tune) the predictor on."""
+    from disca.bundle import Bundle
+
+    record = Bundle.open(bundle_path).manifest.get("anchor_lists") or {}
+    if not record.get("lists"):
+        raise ConfigError(f"bundle {bundle_path} has no searched anchor lists: run `disca-export schedule` on it")
+    if record.get("steps") != steps or record.get("shift") not in (None, shift):
+        raise ConfigError(
+            f"bundle {bundle_path}'s lists were searched for {record.get('steps')} steps at shift {record.get('shift')}"
+            f", not --grid-steps {steps} at --shift {shift}: train on its grid"
+        )
+    return [check_anchors([int(a) for a in v], steps) for k, v in sorted(record["lists"].items()) if int(k) < steps]
+
+
 def training_triples(lists: list[list[int]], steps: int) -> list[tuple[int, int, int]]:
     """(previous anchor or -1, anchor, step) for every cached step of every list, without repeats."""
     triples = set()
@@ -323,16 +339,33 @@ def train_predictor(
     forecast: bool = False,
     rollout_weight: float = 0.0,
     modulate: bool = False,
+    lists_from=None,
+    fine_tune: bool = False,
 ):
     """Our own distilled student (a disca checkpoint with its word embedding), on the synthetic task.
 
     `depth` (default: the student's config), `forecast` and `modulate` (`PredictorConfig`) set the predictor;
-    `rollout_weight` (forecast only) adds the loss on sampled-through segments (`rollout`)."""
-    if rollout_weight and not forecast:
-        raise ConfigError("the rollout loss is for the forecast predictor: add --forecast")
+    `rollout_weight` (forecast only) adds the loss on sampled-through segments (`rollout`).
+    `lists_from` (a bundle): also train on the anchor lists searched for it, every run of cached steps included.
+    `fine_tune`: start from the predictor the student checkpoint holds (a predictor run's output), keeping its
+    structure (`depth`, `forecast` and `modulate` must then be None / its own)."""
     student = load_checkpoint(student_dir, require_predictor=False)
     if not student.cfg.dit.mean_flow or student.text is None:
         raise CheckpointError(f"{student_dir} is not a distilled student: train it with `disca-train distill`")
+    if fine_tune and student.predictor is None:
+        raise CheckpointError(f"--fine-tune: {student_dir} holds no predictor; give a `disca-train predictor` output")
+    if fine_tune:
+        own = student.cfg.predictor
+        if (depth not in (None, own.depth)) or forecast != own.forecast or modulate != own.modulate:
+            raise ConfigError(
+                f"--fine-tune keeps the predictor of {student_dir} (depth {own.depth}, forecast {own.forecast}, "
+                f"modulate {own.modulate}): give the same --predictor-depth / --forecast / --modulate, or none"
+            )
+    if rollout_weight and not forecast:
+        raise ConfigError("the rollout loss is for the forecast predictor: add --forecast")
+    searched = searched_lists(lists_from, steps, shift) if lists_from is not None else []
+    if searched and not forecast:
+        raise ConfigError("--lists trains on (previous anchor, anchor, step) triples: it is for --forecast")
     student.cfg.predictor.forecast = forecast
     if forecast:  # the correction on top of the forecast: an untrained predictor is the forecast itself
         student.cfg.predictor.residual = True
@@ -348,7 +381,8 @@ def train_predictor(
         ckpt.dit, ckpt.text = student.dit, student.text
     else:
         torch.manual_seed(args.seed)
-        predictor = CachePredictor(student.cfg.dit, student.cfg.predictor)
+        # a fine-tune starts from the checkpoint's (EMA) predictor, as evaluated and exported
+        predictor = student.predictor if fine_tune else CachePredictor(student.cfg.dit, student.cfg.predictor)
         ckpt, start = Checkpoint(student.cfg, student.dit, predictor, student.text, {"student": str(student_dir)}), 0
     dit = ckpt.dit.to(args.device).eval().requires_grad_(False)
     text = ckpt.text.to(args.device).eval().requires_grad_(False)
@@ -361,7 +395,8 @@ def train_predictor(
 
     extra = _settings(anchors, steps, shift, trajectories, velocity_weight, adversarial, max_gap)
     extra |= {"student": str(student_dir), "rollout_weight": rollout_weight}
-    family = anchor_family(steps, list(anchors), max_gap or 4)
+    extra |= {"lists_from": str(lists_from) if lists_from is not None else None, "fine_tune": fine_tune}
+    family = anchor_family(steps, list(anchors), max_gap or 4) + searched
     return fit_predictor(
         out,
         ckpt,
@@ -378,8 +413,12 @@ def train_predictor(
         extra=extra,
         triples=training_triples(family, steps) if forecast else None,
         rollout_weight=rollout_weight,
-        # segments longer than the gaps trained for would cost many steps each and serve no budget we run
-        segments=[seg for seg in training_segments(family, steps) if seg[2] - seg[1] <= (max_gap or 4)],
+        # segments longer than the gaps trained for would cost many steps each and serve no budget we run; the
+        # searched lists' runs are all kept: deployment runs them
+        segments=sorted(
+            {seg for seg in training_segments(family, steps) if seg[2] - seg[1] <= (max_gap or 4)}
+            | set(training_segments(searched, steps))
+        ),
     )
 
 
