@@ -2,6 +2,7 @@
 rule, the anchor-schedule search, and the validation gate (tiny model, ONNX Runtime CPU)."""
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -128,6 +129,34 @@ def test_schedule_cli_writes_the_default_schedule_and_a_report(bundle_copy, prom
     assert json.loads(run.output)["anchors"] == lists["lists"]["3"]
     line = error_line(invoke(export_cli, [*args[:5], "9", "--prompts", prompt_file]))
     assert "--anchors must be between 1 and --steps (4)" in line
+
+
+def test_schedule_gaps_only_takes_the_lists_of_another_bundle(bundle_copy, prompt_file, tmp_path):
+    """A predictor fine-tuned on a bundle's searched lists is exported into a new bundle: --lists-from carries
+    those lists (and the default schedule) over, and --gaps-only --on-runs redoes the per-gap choice on them."""
+    other = tmp_path / "other"
+    shutil.copytree(bundle_copy, other)
+    m = json.loads((other / "manifest.json").read_text())
+    shift = m["schedule"]["shift"]
+    m["anchor_lists"] = {"steps": 4, "shift": shift, "samples": 2, "lists": {"2": [0, 2], "3": [0, 1, 3]}}
+    m["schedule"] = {"steps": 4, "shift": shift, "anchors": [0, 2], "searched": True}
+    (other / "manifest.json").write_text(json.dumps(m))
+    args = ["schedule", bundle_copy, "--prompts", prompt_file, "--samples", "2", "--report", tmp_path / "rep"]
+    assert "goes with --gaps-only" in error_line(invoke(export_cli, [*args, "--lists-from", other]))
+    line = error_line(invoke(export_cli, [*args, "--steps", "5", "--gaps-only", "--lists-from", other]))
+    assert "has no anchor lists searched for 5 steps" in line
+    before = (bundle_copy / "manifest.json").read_text()
+    m["model"]["dit"]["rope_theta"] = 128.0  # another model's lists do not apply
+    (tmp_path / "another").mkdir()
+    (tmp_path / "another" / "manifest.json").write_text(json.dumps(m))
+    shutil.copytree(other, tmp_path / "another", dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    line = error_line(invoke(export_cli, [*args, "--steps", "4", "--gaps-only", "--lists-from", tmp_path / "another"]))
+    assert "holds another DiT" in line and (bundle_copy / "manifest.json").read_text() == before
+    result = invoke(export_cli, [*args, "--steps", "4", "--gaps-only", "--on-runs", "--lists-from", other])
+    assert result.exit_code == 0, result.output
+    got = Bundle.open(bundle_copy).manifest
+    assert got["anchor_lists"] == m["anchor_lists"] and got["schedule"] == m["schedule"]
+    assert got["cached_steps"]["steps"] == 4
 
 
 def test_validate_gate_passes_and_fails_on_the_given_thresholds(bundle_copy, prompt_file):

@@ -138,6 +138,20 @@ def _choose_on_runs(backend, cal, ref, errors, lists, *, steps, shift, log) -> d
     return gaps.cached_steps_record(errors, **record)
 
 
+def _take_lists(b: Bundle, other: Bundle, steps: int) -> None:
+    """Copy `other`'s searched anchor lists and default schedule into `b` (in memory; written with the rest)."""
+    record = other.manifest.get("anchor_lists") or {}
+    if record.get("steps") != steps or record.get("shift") not in (None, b.schedule.shift):
+        raise click.UsageError(
+            f"--lists-from {other.path} has no anchor lists searched for {steps} steps at shift {b.schedule.shift}"
+        )
+    if other.manifest["model"]["dit"] != b.manifest["model"]["dit"]:
+        raise click.UsageError(f"--lists-from {other.path} holds another DiT than {b.path}: its lists do not apply")
+    b.manifest["anchor_lists"] = record
+    if other.schedule.steps == steps and other.schedule.shift == b.schedule.shift:
+        b.manifest["schedule"] = other.manifest["schedule"]
+
+
 @click.command("schedule")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
@@ -163,6 +177,12 @@ def _choose_on_runs(backend, cal, ref, errors, lists, *, steps, shift, log) -> d
     "stored lists); wants many samples (64: on 16 it did not carry over to other clips).",
 )
 @click.option(
+    "--lists-from",
+    type=click.Path(path_type=Path),
+    help="With --gaps-only: first take the anchor lists (and default schedule) searched for this other bundle of "
+    "the same DiT, e.g. the one a predictor was fine-tuned on (disca-train predictor --lists).",
+)
+@click.option(
     "--rounds",
     default=3,
     show_default=True,
@@ -174,7 +194,19 @@ def _choose_on_runs(backend, cal, ref, errors, lists, *, steps, shift, log) -> d
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
 def schedule_cmd(
-    bundle, steps, k, prompts, samples, predictor_only, gaps_only, on_runs, rounds, report_dir, no_write, as_json
+    bundle,
+    steps,
+    k,
+    prompts,
+    samples,
+    predictor_only,
+    gaps_only,
+    on_runs,
+    lists_from,
+    rounds,
+    report_dir,
+    no_write,
+    as_json,
 ):
     """Calibrate what each cached step runs, then search, for every budget K, the K anchor steps whose
     DisCa runs come closest to all-full sampling.
@@ -207,9 +239,13 @@ def schedule_cmd(
         raise click.UsageError(f"{flag} redoes the per-gap choice, which --predictor-only skips: give one of them")
     if gaps_only and (k is not None or given("rounds")):
         raise click.UsageError("--gaps-only keeps the stored anchor lists: drop --anchors / --rounds")
+    if lists_from is not None and not gaps_only:
+        raise click.UsageError("--lists-from replaces the search: it goes with --gaps-only")
     b = Bundle.open(bundle) if no_write else open_to_change(bundle)
     check_writable(report_dir, "report directory", directory=True)  # before the search, not after it
     steps = b.schedule.steps if steps is None else steps
+    if lists_from is not None:
+        _take_lists(b, Bundle.open(lists_from), steps)
     shift = b.schedule.shift
     if k is not None and not 1 <= k <= steps:
         raise click.BadParameter(f"--anchors must be between 1 and --steps ({steps})", param_hint="--anchors")
