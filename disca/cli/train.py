@@ -332,8 +332,9 @@ def distill_cmd(args, out, teacher_dir, grid_steps, shift, max_gap, plain, guida
     "lists_from",
     type=click.Path(path_type=Path),
     default=None,
-    help="With --student --forecast: also train on the anchor lists searched for this bundle (disca-export "
-    "schedule), every budget, their whole runs of cached steps: the lists its deployment runs.",
+    help="With --student --forecast: train on the anchor lists searched for this bundle (disca-export "
+    "schedule), every budget, their whole runs of cached steps (the lists its deployment runs), instead of "
+    "even and warm-up lists.",
 )
 @click.option(
     "--fine-tune",
