@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import click
 
+from disca.cli._common import clean_errors
+
 LISTS = {
     "[0, 1, 3, ..., 17] (10)": [0, 1, 3, 5, 7, 9, 11, 13, 15, 17],
     "even 10": [0, 2, 4, 6, 8, 10, 12, 14, 16, 18],
@@ -29,9 +31,13 @@ LISTS = {
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--samples", default=8, show_default=True, type=click.IntRange(1))
 @click.option(
-    "--seed", default=None, type=int, help="Clips of another seed than the bench's (to choose without its clips)."
+    "--seed",
+    default=None,
+    type=click.IntRange(0),
+    help="Clips of another seed than the bench's (to choose without its clips).",
 )
 @click.option("--taylorseer", is_flag=True, help="Also TaylorSeer-1 / -2 on the anchors (first checkpoint's student).")
+@clean_errors
 def main(checkpoints, samples, seed, taylorseer):
     from disca.benchmark import BENCH_SEED, _run_all
     from disca.bundle import Bundle
@@ -44,9 +50,9 @@ def main(checkpoints, samples, seed, taylorseer):
 
     steps, shift = 20, 5.0
     seed = BENCH_SEED if seed is None else seed
+    loaded = [load_checkpoint(path) for path in checkpoints]  # a bad one fails now, not after the others' runs
     cal = calibration_set(Bundle.open(demo_bundle()), n=samples, seed=seed)  # the demo's prompts and text
-    for i, path in enumerate(checkpoints):
-        ck = load_checkpoint(path)
+    for i, (path, ck) in enumerate(zip(checkpoints, loaded)):
         runs = [("all-full", FullPolicy)]
         for name, anchors in LISTS.items():
             runs.append((f"{path} | {name}", lambda a=anchors: make_policy("disca-predictor", a)))

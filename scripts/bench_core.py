@@ -18,34 +18,52 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from disca.bundle import Schedule
+from disca.bundle import Bundle, Schedule
+from disca.cli._common import clean_errors
 from disca.runtime import Pipeline
+from disca.runtime.backends import BACKENDS
 
 
 def _worker(conn, bundle: str, backend: str, prompt: str) -> None:
-    pipe = Pipeline.load(bundle, backend=backend)
+    try:
+        pipe = Pipeline.load(bundle, backend=backend)
+        pipe.embed_prompt(prompt)  # e.g. an unknown word: refused now, not in the first run
+    except Exception as e:  # noqa: BLE001 - the parent blocks on this pipe: send it the reason rather than die
+        conn.send({"error": f"backend {backend}: {e}"})
+        return
     conn.send(pipe.bundle.schedule.to_dict())
     while (anchors := conn.recv()) is not None:
         conn.send(pipe.generate(prompt, anchors=anchors, seed=0).stats.to_dict())
 
 
+def _backend_list(ctx, param, value: str) -> list[str]:
+    names = [b.strip() for b in value.split(",")]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown or len(set(names)) != len(names):  # a duplicate would share one worker's pipe with another
+        raise click.BadParameter(f"got {value!r}: give distinct names, comma-separated, of {', '.join(BACKENDS)}")
+    return names
+
+
 @click.command()
 @click.argument("bundle")
-@click.option("--repeats", default=5, show_default=True)
-@click.option("--backends", default="onnxruntime,torch", show_default=True)
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--backends", default="onnxruntime,torch", show_default=True, callback=_backend_list)
 @click.option("--prompt", default="a red circle moving left", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@clean_errors
 def main(bundle, repeats, backends, prompt, as_json):
-    backends = backends.split(",")
+    Bundle.open(bundle)  # a bad path fails here, in one line, not in the workers
     ctx = mp.get_context("spawn")
     conns = {}
     for b in backends:
         parent, child = ctx.Pipe()
         ctx.Process(target=_worker, args=(child, bundle, b, prompt), daemon=True).start()
         conns[b] = parent
-    schedule = Schedule(**next(iter(conns.values())).recv())
-    for b in backends[1:]:
-        conns[b].recv()
+    first = {b: conns[b].recv() for b in backends}
+    for reply in first.values():
+        if "error" in reply:
+            raise click.ClickException(reply["error"])
+    schedule = Schedule(**first[backends[0]])
     runs = {(b, p): [] for b in backends for p in ("disca", "full")}
     for _ in range(repeats + 1):  # the first round warms up and is dropped
         for b in backends:

@@ -46,15 +46,25 @@ def time_calls(backend, fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"
+    if value < 1:  # 0 repeats: the median of nothing
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle")
     ap.add_argument("--static-bundle", help="a copy of BUNDLE with static-shape engines (`build --static`)")
-    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--repeats", type=positive_int, default=50)
     args = ap.parse_args()
-    bundles = {"bundle": Bundle.open(args.bundle)}
-    if args.static_bundle:
-        bundles["static"] = Bundle.open(args.static_bundle)
+    try:
+        bundles = {"bundle": Bundle.open(args.bundle)}
+        if args.static_bundle:
+            bundles["static"] = Bundle.open(args.static_bundle)
+    except DiscaError as err:  # a bad path: argparse's one error line, not a traceback
+        ap.error(str(err))
     b = bundles["bundle"]
     dims = {d: v[1] for d, v in b.manifest["ranges"].items()}
     rng = np.random.default_rng(0)

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from disca.bundle import Bundle
+from disca.cli._common import clean_errors
 from disca.runtime.backends import get_backend
 
 GRAPHS = ("full", "predictor", "head")
@@ -42,18 +43,19 @@ def _feeds(bundle: Bundle, frames: int, size: int, text_len: int) -> dict:
 @click.command()
 @click.argument("bundles", nargs=-1, required=True)
 @click.option("--repeats", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--frames", default=8, show_default=True)
-@click.option("--size", default=32, show_default=True)
-@click.option("--text-len", default=8, show_default=True)
+@click.option("--frames", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--text-len", default=8, show_default=True, type=click.IntRange(1))
+@clean_errors
 def main(bundles, repeats, frames, size, text_len):
+    opened = {path: Bundle.open(path) for path in bundles}  # every path checked before a session loads
+    for bundle in opened.values():  # a shape the graphs refuse would fail in ONNX Runtime, mid-run
+        bundle.ranges.check(bundle.patch, frames=frames, height=size, width=size, text_len=text_len)
     backends, feeds = {}, {}
-    for path in bundles:
-        bundle = Bundle.open(path)
+    for path, bundle in opened.items():
         backends[path] = get_backend("onnxruntime", bundle).__enter__()
         values = _feeds(bundle, frames, size, text_len)
-        feeds[path] = {
-            g: {i.name: values[i.name] for i in backends[path].sessions[g].get_inputs()} for g in GRAPHS
-        }
+        feeds[path] = {g: {i.name: values[i.name] for i in backends[path].sessions[g].get_inputs()} for g in GRAPHS}
     times = {(p, g): [] for p in bundles for g in GRAPHS}
     for k in range(repeats + 5):  # the first rounds warm up and are dropped
         for p in bundles:

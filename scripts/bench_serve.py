@@ -31,8 +31,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from disca._atomic import check_writable
+from disca.bundle import Bundle
+from disca.cli._common import FiniteFloat, clean_errors
 from disca.client import Client, ServerError, request_arrays
 from disca.runtime.pipeline import DEMO_BUNDLE, Pipeline
+from disca.serving.repository import MAX_QUEUE_DELAY_MS
 
 # Prompts of one length (5 words): requests batch together only when their text lengths match
 # (the graphs' text axis is not padded, so a padded batch would not equal the clip alone).
@@ -250,18 +254,54 @@ def paired(pipe: Pipeline, load: Load, rounds: int) -> dict:
     }
 
 
+def _levels(ctx, param, value: str) -> list[int]:
+    try:
+        levels = [int(x) for x in value.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(f"got {value!r}: give positive client counts, comma-separated, e.g. 1,4,8")
+    return levels
+
+
 @click.command()
 @click.option("--bundle", type=click.Path(path_type=Path), default=DEMO_BUNDLE, show_default=True)
-@click.option("--requests", "n_requests", default=64, show_default=True, help="Requests per concurrency level.")
-@click.option("--concurrency", default="1,2,4,8,16", show_default=True)
-@click.option("--bad-every", default=8, show_default=True, help="Every Nth request is a bad one (0: none).")
-@click.option("--baseline-repeats", default=3, show_default=True, help="Passes over the 16 prompt x seed clips.")
-@click.option("--paired-rounds", default=4, show_default=True, help="Rounds of the interleaved target comparison.")
-@click.option("--soak", default=1000, show_default=True, help="Soak requests (0: no soak).")
-@click.option("--soak-concurrency", default=8, show_default=True)
-@click.option("--max-queue-delay-ms", default=2.0, show_default=True)
+@click.option(
+    "--requests",
+    "n_requests",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests per concurrency level.",
+)
+@click.option("--concurrency", default="1,2,4,8,16", show_default=True, callback=_levels)
+@click.option(
+    "--bad-every",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Every Nth request is a bad one (0: none).",
+)
+@click.option(
+    "--baseline-repeats",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Passes over the 16 prompt x seed clips.",
+)
+@click.option(
+    "--paired-rounds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Rounds of the interleaved target comparison (0: none).",
+)
+@click.option("--soak", default=1000, show_default=True, type=click.IntRange(0), help="Soak requests (0: no soak).")
+@click.option("--soak-concurrency", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=FiniteFloat(0, MAX_QUEUE_DELAY_MS))
 @click.option("--grpc", is_flag=True, help="Clients talk gRPC (default HTTP).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the report here.")
+@clean_errors
 def main(
     bundle,
     n_requests,
@@ -275,6 +315,9 @@ def main(
     grpc,
     json_out,
 ):
+    Bundle.open(bundle)  # checked before the server starts (it would die quietly, its output discarded)
+    if json_out:
+        check_writable(json_out, "--json report")  # now, not after the whole run
     ports = [free_port() for _ in range(3)]
     argv = [sys.executable, "-m", "disca.cli.serve", str(bundle), f"--max-queue-delay-ms={max_queue_delay_ms}"]
     argv += [f"--{k}-port={p}" for k, p in zip(("http", "grpc", "metrics"), ports)]
@@ -294,7 +337,7 @@ def main(
             load = Load(url, grpc, references)
             load.run(make_requests(8, 0), 4)  # connections and the server's shapes warm
             report["levels"] = {}
-            for c in [int(x) for x in concurrency.split(",")]:
+            for c in concurrency:
                 records, wall = load.run(make_requests(n_requests, bad_every), c)
                 report["levels"][c] = summary(records, wall)
                 print(f"concurrency {c}: {json.dumps(report['levels'][c])}", file=sys.stderr)
@@ -312,6 +355,7 @@ def main(
     report["load_avg_end"] = os.getloadavg()
     print_report(report)
     if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(report, indent=2, default=str))
 
 

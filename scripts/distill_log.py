@@ -98,14 +98,24 @@ def print_windows(run: Path, window: int, keys: list[str]) -> None:
         print(f"{lo + 1:>4}-{lo + window:<5} " + " ".join(means) + "  " + note)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"
+    if value < 1:  # 0: range() raises; below 0: no windows at all
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+", help="Run directories (each with a log.jsonl).")
-    ap.add_argument("--window", type=int, default=25)
+    ap.add_argument("--window", type=positive_int, default=25)
     ap.add_argument("--keys", default=KEYS)
     ap.add_argument("--evals", action="store_true", help="The evaluation curve of each run, side by side.")
     ap.add_argument("--key", default="adherence_full", help="The evaluation score --evals follows.")
     a = ap.parse_args()
+    for run in a.runs:
+        if not (run / "log.jsonl").is_file():  # argparse's one error line, not a FileNotFoundError traceback
+            ap.error(f"{run} has no log.jsonl: give a training run's directory")
     if a.evals:
         print_evals(a.runs, a.key)
         return

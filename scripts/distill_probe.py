@@ -7,14 +7,16 @@ on 4 fixed clips. The EMA weights of each checkpoint are probed (the trained wei
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
-from disca.models.checkpoint import load_checkpoint
+from disca._atomic import check_writable
+from disca.cli._common import clean_errors
+from disca.models.checkpoint import load_checkpoint, read_config
 from disca.task import sample_batch
 from disca.training.distill import meanflow_target
 from disca.training.flow import expand, grid, guided_velocity, noisy
@@ -40,38 +42,45 @@ def truth_velocity(teacher, z, t, r, txt, null, guidance=4.0, steps=8):
     return (z - zz) / expand(t - r, z)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--teacher", required=True)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--raw", action="store_true", help="Probe the trained weights instead of their EMA.")
-    ap.add_argument(
-        "--cache", type=Path, help="Keep the teacher's side in this file for reruns (same --teacher and --n)."
-    )
-    a = ap.parse_args()
+@click.command(help=__doc__.splitlines()[0])
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--teacher", "teacher_dir", required=True, help="The flow-matching teacher's checkpoint.")
+@click.option("--n", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--raw", is_flag=True, help="Probe the trained weights instead of their EMA.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    help="Keep the teacher's side in this file for reruns (same --teacher and --n).",
+)
+@clean_errors
+def main(checkpoints, teacher_dir, n, raw, cache) -> None:
+    for path in checkpoints:  # checked before the teacher's side is computed
+        read_config(path)
+    if cache is not None:
+        check_writable(cache, "--cache")
     torch.set_num_threads(1)
-    teacher = load_checkpoint(a.teacher, require_predictor=False)
+    teacher = load_checkpoint(teacher_dir, require_predictor=False)
     tdit, text = teacher.dit.eval(), teacher.text.eval()
     sig = grid(20, 5.0)
-    clips, prompts, _ = sample_batch(np.random.default_rng(123), a.n, 8, 32)
+    clips, prompts, _ = sample_batch(np.random.default_rng(123), n, 8, 32)
     x = torch.from_numpy(clips)
     e = torch.randn(x.shape, generator=torch.Generator().manual_seed(123))
     with torch.no_grad():
         txt = text.encode(prompts)
-    null = text.null(a.n, txt.shape[1])
-    cases = torch.load(a.cache) if a.cache and a.cache.is_file() else {}
+    null = text.null(n, txt.shape[1])
+    cases = torch.load(cache) if cache and cache.is_file() else {}
     for name, (i, j) in PAIRS.items():
         if name in cases:
             continue
-        t, r = sig[i].expand(a.n).clone(), sig[j].expand(a.n).clone()
+        t, r = sig[i].expand(n).clone(), sig[j].expand(n).clone()
         z = noisy(x, e, t)
         v = guided_velocity(tdit, z, t, txt, null, 4.0)
         cases[name] = (z, t, r, v, v if i == j else truth_velocity(tdit, z, t, r, txt, null))
-    if a.cache:
-        torch.save(cases, a.cache)
-    for path in a.checkpoints:
-        student = load_checkpoint(path, require_predictor=False, ema=not a.raw).dit.eval()
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cases, cache)
+    for path in checkpoints:
+        student = load_checkpoint(path, require_predictor=False, ema=not raw).dit.eval()
         row = {}
         for name, (z, t, r, v, truth) in cases.items():
             u, target = meanflow_target(student, z, t, r, v, txt)

@@ -23,6 +23,8 @@ import click
 import numpy as np
 
 from disca.bundle import Bundle
+from disca.cli._common import FiniteFloat, clean_errors
+from disca.manifest import MAX_STEPS
 from disca.metrics import psnr, ssim
 from disca.runtime import Pipeline
 from disca.runtime.backends.onnxrt import OnnxRuntimeBackend
@@ -66,18 +68,42 @@ def teacher_cfg(bundle: Bundle, prompts, noise, steps: int, shift: float, guidan
     return np.stack(clips), ms / len(prompts)
 
 
+def _counts(ctx, param, value: str) -> list[int]:
+    try:
+        counts = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        counts = [0]
+    if counts and min(counts) < 1:
+        raise click.BadParameter(f"got {value!r}: give anchor counts, comma-separated, e.g. 6,5")
+    return counts
+
+
 @click.command()
 @click.option("--bundle", required=True, help="The student + predictor bundle.")
 @click.option("--teacher", "teacher_dir", help="Teacher checkpoint (its row is skipped without it).")
 @click.option("--plain-bundle", help="A plain-MeanFlow student bundle, for comparison.")
-@click.option("--n", default=64, show_default=True)
-@click.option("--teacher-steps", default=50, show_default=True)
-@click.option("--guidance", default=4.0, show_default=True)
+@click.option("--n", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS))
+@click.option("--guidance", default=4.0, show_default=True, type=FiniteFloat())
 @click.option(
-    "--budgets", default="", help="Also DisCa on the bundle's searched lists of these anchor counts, e.g. 6,5."
+    "--budgets",
+    default="",
+    callback=_counts,
+    help="Also DisCa on the bundle's searched lists of these anchor counts, e.g. 6,5.",
 )
 @click.option("--json", "as_json", is_flag=True)
+@clean_errors
 def main(bundle, teacher_dir, plain_bundle, n, teacher_steps, guidance, budgets, as_json):
+    # Every input is checked before the runs: a bad one would otherwise fail after minutes of sampling.
+    student = Bundle.open(bundle)
+    if plain_bundle:
+        Bundle.open(plain_bundle)
+    if teacher_dir:
+        from disca.models.checkpoint import read_config
+
+        read_config(teacher_dir)
+    for k in budgets:  # e.g. more anchors than the bundle has steps
+        budget_anchors(student.manifest, student.schedule.steps, k)
     prompts, noise = eval_set(n, 8, 32)
     report = {"n": n}
     real, real_prompts, _ = sample_batch(np.random.default_rng(1), n, 8, 32)
@@ -87,7 +113,7 @@ def main(bundle, teacher_dir, plain_bundle, n, teacher_steps, guidance, budgets,
         shift = pipe.bundle.schedule.shift
         full, ms_full, p_full = run_rows(pipe, prompts, noise, "full")
         rows = {"disca": (pipe.bundle.schedule.anchors, *run_rows(pipe, prompts, noise, None))}
-        for k in (int(b) for b in budgets.split(",") if b.strip()):
+        for k in budgets:
             anchors, _ = budget_anchors(pipe.bundle.manifest, pipe.bundle.schedule.steps, k)  # its searched k-list
             rows[f"disca_{k}"] = (anchors, *run_rows(pipe, prompts, noise, anchors))
     report["student_full"] = {"adherence": score(full, prompts)["all"], "ms_per_clip": ms_full, "passes": p_full}

@@ -21,11 +21,15 @@ import click
 import numpy as np
 import torch
 
+from disca._atomic import check_writable
+from disca.cli._common import FiniteFloat, clean_errors, positive_float
+from disca.errors import DiscaError
+from disca.manifest import MAX_STEPS
 from disca.metrics import psnr
-from disca.models.checkpoint import load_checkpoint
+from disca.models.checkpoint import load_checkpoint, read_config
 from disca.runtime.backends.torch_backend import TorchBackend
 from disca.runtime.sampler import denoise
-from disca.runtime.schedule import OFFICIAL_ANCHORS, DiscaPolicy, FullPolicy, check_anchors
+from disca.runtime.schedule import OFFICIAL_ANCHORS, DiscaPolicy, FullPolicy, check_anchors, parse_anchors
 from disca.task import score
 from disca.training.evaluation import eval_set
 from disca.training.flow import sample_teacher, to_numpy_clips
@@ -53,6 +57,7 @@ def teacher_clips(teacher_dir, prompts, noise, steps: int, shift: float, guidanc
     clips = to_numpy_clips(sample_teacher(teacher.dit, torch.from_numpy(noise), txt, null, steps, shift, guidance))
     if cache is not None:
         tmp = cache.with_name(cache.name + ".tmp.npz")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         np.savez(tmp, clips=clips, key=json.dumps(key))
         tmp.replace(cache)
     return clips
@@ -101,23 +106,55 @@ def markdown(teacher: dict, n: int, results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def _step_counts(ctx, param, value: str) -> list[int]:
+    try:
+        counts = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        counts = [0]
+    if counts and not all(1 <= c <= MAX_STEPS for c in counts):
+        raise click.BadParameter(f"got {value!r}: give step counts (1..{MAX_STEPS}), comma-separated, e.g. 20,8")
+    return counts
+
+
+def _anchor_list(ctx, param, value: str) -> list[int]:
+    try:  # callbacks run while click parses, outside clean_errors: pass the error on as click's
+        return check_anchors(parse_anchors(value), 20)
+    except DiscaError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.command()
 @click.argument("students", nargs=-1, required=True)
 @click.option("--teacher", "teacher_dir", required=True, help="The flow-matching teacher's checkpoint.")
-@click.option("--n", default=64, show_default=True, help="Prompts x seeds (the training evaluation's set).")
-@click.option("--steps", "steps_list", default="20,8,4,2", show_default=True, help="All-full step counts.")
+@click.option(
+    "--n",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Prompts x seeds (the training evaluation's set).",
+)
+@click.option(
+    "--steps", "steps_list", default="20,8,4,2", show_default=True, callback=_step_counts, help="All-full step counts."
+)
 @click.option(
     "--anchors",
     default=",".join(map(str, OFFICIAL_ANCHORS[(20, 8)])),
     show_default=True,
+    callback=_anchor_list,
     help="DisCa's full steps of 20 (for checkpoints with a predictor).",
 )
-@click.option("--shift", default=5.0, show_default=True)
-@click.option("--teacher-steps", default=50, show_default=True)
-@click.option("--guidance", default=4.0, show_default=True)
-@click.option("--teacher-rows", default="", help="Also sample the teacher (CFG) at these step counts, e.g. 20,8.")
+@click.option("--shift", default=5.0, show_default=True, type=positive_float())
+@click.option("--teacher-steps", default=50, show_default=True, type=click.IntRange(1, MAX_STEPS))
+@click.option("--guidance", default=4.0, show_default=True, type=FiniteFloat())
+@click.option(
+    "--teacher-rows",
+    default="",
+    callback=_step_counts,
+    help="Also sample the teacher (CFG) at these step counts, e.g. 20,8.",
+)
 @click.option("--cache", type=click.Path(path_type=Path), help="Keep the teacher's clips here for reruns.")
 @click.option("--json", "as_json", is_flag=True)
+@clean_errors
 def main(students, teacher_dir, n, steps_list, anchors, shift, teacher_steps, guidance, teacher_rows, cache, as_json):
     named = []
     for arg in students:
@@ -125,8 +162,12 @@ def main(students, teacher_dir, n, steps_list, anchors, shift, teacher_steps, gu
         if not sep or not name or not path:
             raise click.BadParameter(f"'{arg}': give each student as NAME=CHECKPOINT_DIR", param_hint="STUDENTS")
         named.append((name, path))
-    steps_list = [int(s) for s in steps_list.split(",")]
-    anchors = check_anchors([int(a) for a in anchors.split(",")], 20)
+    if not steps_list:
+        raise click.BadParameter("is empty: give step counts, e.g. 20,8", param_hint="--steps")
+    for path in (teacher_dir, *(path for _, path in named)):  # now, not after the teacher's sampling
+        read_config(path)
+    if cache is not None:
+        check_writable(cache, "--cache")
     torch.set_num_threads(1)
     prompts, noise = eval_set(n, FRAMES, SIZE)
     reference = teacher_clips(teacher_dir, prompts, noise, teacher_steps, shift, guidance, cache)
@@ -134,7 +175,7 @@ def main(students, teacher_dir, n, steps_list, anchors, shift, teacher_steps, gu
     results = {}
     if teacher_rows:  # what cutting the teacher's own steps gives (two passes a step)
         rows = []
-        for steps in (int(s) for s in teacher_rows.split(",")):
+        for steps in teacher_rows:
             clips = teacher_clips(teacher_dir, prompts, noise, steps, shift, guidance, None)
             rows.append(
                 {

@@ -8,8 +8,9 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from disca.cli._common import clean_errors
 from disca.runtime import Pipeline, demo_bundle
-from disca.runtime.video import write
+from disca.runtime.video import check_path, write
 
 PROMPTS = [
     "a red circle moving left",
@@ -24,8 +25,10 @@ PROMPTS = [
 @click.command()
 @click.argument("bundle", required=False)
 @click.option("--out", default="docs/demo.gif", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@clean_errors
 def main(bundle, out, seed):
+    check_path(out)  # a bad name or an unwritable place: refused before the clips are sampled
     with Pipeline.load(bundle or demo_bundle()) as pipe:
         rows = []
         for anchors in (None, "full"):  # top row: DisCa (default anchors); bottom row: every step full

@@ -23,10 +23,22 @@ from disca.runtime.schedule import POLICIES, THRESHOLD_POLICIES, parse_anchors
 from disca.runtime.video import check_frames_size, check_path, write
 
 
+def _embeddings_path(ctx, param, value: str | None) -> Path | None:
+    # Checked as text: click.Path(path_type=Path) would make "" the path "." (then reported as a directory).
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give a .npy file of text embeddings (L, Dt)")
+    return None if value is None else Path(value)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--prompt", help="Text prompt.")
-@click.option("--text-embeddings", type=click.Path(path_type=Path), help="Precomputed text embeddings (L, Dt) .npy.")
+@click.option(
+    "--text-embeddings",
+    type=click.Path(),
+    callback=_embeddings_path,
+    help="Precomputed text embeddings (L, Dt) .npy.",
+)
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Sampling steps (default: the bundle's schedule).")
 @click.option("--shift", type=positive_float(), help="Sigma shift (default: the bundle's schedule).")
 @click.option("--schedule", help="Anchor steps, e.g. 0,1,2,5,9,13,17,19, or 'full' for every step full.")
