@@ -150,3 +150,22 @@ def test_score_checks_its_inputs(batch):
         score(clips[:1], [None])  # was an AttributeError from str methods
     with pytest.raises(DiscaError, match="noise_std must be a finite number"):
         degrade(clips[:1], np.random.default_rng(0), noise_std=float("nan"))  # nan added no noise at all
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: sample_batch(np.random.RandomState(0), 2), "rng must be a numpy Generator"),
+        (lambda: sample_batch(np.random.default_rng(0), 2.5), "n must be a non-negative integer, got 2.5"),
+        (lambda: sample_batch(np.random.default_rng(0), -1), "n must be a non-negative integer, got -1"),
+        (lambda: sample_batch(np.random.default_rng(0), 1, frames=True), "frames must be a non-negative integer"),
+        (lambda: sample_batch(np.random.default_rng(0), 1, size="32"), "size must be a non-negative integer"),
+        (lambda: render_clip(random_attributes(np.random.default_rng(0)), 7), "rng must be a numpy Generator"),
+        (lambda: render_clip(random_attributes(np.random.default_rng(0)), np.random.default_rng(0), 8.0), "frames"),
+    ],
+)
+def test_clip_drawing_refuses_wrong_kinds_with_a_disca_error(call, message):
+    with pytest.raises(DiscaError, match=message):
+        call()
+    clips, prompts, _ = sample_batch(np.random.default_rng(0), np.int64(2), frames=2, size=16)  # numpy ints are fine
+    assert clips.shape == (2, 3, 2, 16, 16) and len(prompts) == 2

@@ -172,9 +172,20 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return bg
 
 
+def _check_draw(rng, **counts) -> None:
+    """The generator and the sizes of a draw, as disca errors (a float or a bool size, or a legacy
+    RandomState, used to fail deep inside numpy)."""
+    if not isinstance(rng, np.random.Generator):
+        raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise InputError(f"{name} must be a non-negative integer, got {value!r}")
+
+
 def render_clip(attrs: Attributes, rng: np.random.Generator, frames: int = 8, size: int = 32) -> np.ndarray:
     """A float32 (3, frames, size, size) clip in [-1, 1] showing `attrs`."""
     _check_attributes(attrs)
+    _check_draw(rng, frames=frames, size=size)
     if frames < 2:
         raise DiscaError(f"a clip needs at least 2 frames to show motion, got frames={frames}")
     if size < 16:
@@ -193,6 +204,7 @@ def sample_batch(
     rng: np.random.Generator, n: int, frames: int = 8, size: int = 32
 ) -> tuple[np.ndarray, list[str], list[Attributes]]:
     """n random clips (n, 3, frames, size, size) float32, their prompts and their attributes."""
+    _check_draw(rng, n=n, frames=frames, size=size)
     attrs = [random_attributes(rng) for _ in range(n)]
     clips = (
         np.stack([render_clip(a, rng, frames, size) for a in attrs])
